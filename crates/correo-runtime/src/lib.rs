@@ -1,0 +1,24 @@
+//! # correo-runtime — what every Correo process needs before it does its job
+//!
+//! Small, role-independent plumbing: typed configuration loaded from a TOML
+//! file plus environment overrides and validated at start-up ([`config`]),
+//! structured logs ([`telemetry`]), TLS and the private CA that secures the
+//! gRPC links between roles ([`tls`], [`pki`]), gRPC health and reflection
+//! ([`grpc`]) and signal handling ([`shutdown`]).
+//!
+//! It knows nothing of SMTP or of any role; roles depend on it, never the
+//! other way round.
+//!
+//! ## Security
+//! [`tls::install_crypto_provider`] selects rustls' ring provider explicitly;
+//! every binary calls it first. gRPC servers built with
+//! [`tls::grpc_server_tls`] require a client certificate signed by the
+//! private CA unless told otherwise (the MUA-facing mailbox API, which
+//! authenticates users by password instead).
+
+pub mod config;
+pub mod grpc;
+pub mod pki;
+pub mod shutdown;
+pub mod telemetry;
+pub mod tls;
