@@ -1,1 +1,71 @@
-//! placeholder
+//! # mta — Correo's mail transfer agent: durable queue and relay
+//!
+//! ## DESCRIPTION
+//! The MTA takes responsibility for a message and keeps it until every
+//! recipient is delivered or has failed for good.
+//!
+//! - **Intake.** `Queue.Submit` over gRPC (from the MSA) and inbound SMTP on
+//!   the port 25 side (from other organisations, only for `local_domains`).
+//!   Each message is written to a spool file — write `tmp/`, fsync, link into
+//!   `active/`, fsync the directory ([`spool`]) — and only then acknowledged
+//!   (gRPC OK / `250 2.0.0 queued as <id>`). A `Received:` field is
+//!   prepended, and `X-Correo-Journey:` when the message has none.
+//! - **Queue.** Spool files are the truth; per-recipient state lives in a
+//!   sled index ([`index`]) that start-up reconciles with the spool
+//!   ([`queue`]): a lost index costs duplicates at worst, never a message.
+//! - **Delivery.** The [`scheduler`] takes due recipients, groups them by
+//!   message and destination domain and delivers with bounded concurrency:
+//!   local domains through the MDA's `Delivery.Deliver` ([`local`]), others
+//!   by MX lookup ([`route`]) and SMTP ([`relay`]). Temporary failures are
+//!   retried with a doubling, jittered back-off ([`retry`]) until the queue
+//!   lifetime; permanent failures go to [`bounce::on_permanent_failure`].
+//! - **Control.** `QueueAdmin` over gRPC, used by `mta queue …` ([`cli`]).
+//!
+//! Every log line about a message carries `queue_id` and `journey` fields.
+//!
+//! ## SECURITY
+//! - *Listens on:* `smtp.listen` (SMTP, STARTTLS offered with `[tls]` when
+//!   `smtp.starttls`; no AUTH) and `grpc.listen` (Queue, QueueAdmin, health,
+//!   reflection), which requires a client certificate signed by the private
+//!   CA (`tls.ca`).
+//! - *Trusts:* holders of a CA-signed certificate on gRPC (the MSA, the
+//!   operator's `mta queue` commands) and the MDA's directory for which local
+//!   addresses exist. It never trusts a client by its IP address.
+//! - *Refuses:* relaying — SMTP recipients outside `local_domains` get
+//!   `554 5.7.1 relay access denied`; unknown local users `550 5.1.1`;
+//!   messages with more than 30 `Received:` fields (`554 5.4.6`, loops);
+//!   bare CR/LF line endings (smuggling); messages over
+//!   `smtp.max_message_size`. Queue ids are checked to be 16 hex digits
+//!   before they touch a path.
+//! - Outbound STARTTLS is opportunistic and unauthenticated (RFC 7435).
+//!
+//! ## STANDARDS
+//! RFC 5321 (SMTP; 4.4 trace fields, 4.5.4.1 retry strategy, 5.1 MX
+//! selection and implicit MX, 6.1 reliable delivery, 6.3 loop detection),
+//! RFC 7505 (null MX, `556 5.1.10`), RFC 3207 (STARTTLS), RFC 3463 and
+//! RFC 2034 (enhanced status codes), RFC 3848 (ESMTPA/ESMTPS in Received),
+//! RFC 6531 is not supported, RFC 7435 (opportunistic TLS), RFC 5322
+//! (message format). Bounces (RFC 3464 DSNs) are not sent yet.
+
+pub mod bounce;
+pub mod cli;
+pub mod config;
+pub mod grpc;
+pub mod headers;
+pub mod inbound;
+pub mod index;
+pub mod local;
+pub mod queue;
+pub mod queue_id;
+pub mod relay;
+pub mod retry;
+pub mod route;
+pub mod scheduler;
+pub mod server;
+pub mod spool;
+
+/// Entry point of the `mta` binary and of `correo mta …`.
+pub fn cli_main(args: Vec<std::ffi::OsString>) -> std::process::ExitCode {
+    correo_runtime::tls::install_crypto_provider();
+    cli::main(args)
+}

@@ -1,0 +1,531 @@
+//! Maildir storage: `<data_dir>/mail/<domain>/<user>/Maildir/{tmp,new,cur}`.
+//!
+//! Delivery follows the Maildir protocol (D. J. Bernstein, "Using maildir
+//! format"): write the message to `tmp/<unique>`, fsync it, rename it into
+//! `new/`, fsync `new/`. A reader therefore never sees a partial message, and
+//! once [`MailStore::deliver`] returns the message survives a crash.
+//!
+//! Unique names are `<secs>.M<micros>P<pid>Q<counter>.<host>,S=<size>`; they
+//! double as the message ids of the mailbox API. Every path here is built
+//! from a validated [`Address`] and, for ids, from [`validate_id`], so no
+//! input can reach outside the user's own Maildir.
+//!
+//! Everything in this module blocks; callers run it on the blocking pool.
+
+use crate::address::Address;
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Process-wide, so two stores in one process never pick the same name.
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+/// How much of a file is read to find its header for a summary.
+const HEADER_READ_LIMIT: u64 = 64 * 1024;
+/// The three Maildir subdirectories.
+const SUBDIRS: [&str; 3] = ["tmp", "new", "cur"];
+
+/// Errors from the Maildir store.
+#[derive(Debug, thiserror::Error)]
+pub enum MaildirError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid message id")]
+    BadId,
+}
+
+impl MaildirError {
+    /// Whether this is the disk being full (worth a distinct reply code).
+    pub fn is_storage_full(&self) -> bool {
+        matches!(self, MaildirError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull)
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> MaildirError + '_ {
+    move |source| MaildirError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Accepts only ids that name a file directly inside a Maildir folder.
+pub fn validate_id(id: &str) -> Result<(), MaildirError> {
+    let ok = !id.is_empty()
+        && id.len() <= 255
+        && !id.starts_with('.')
+        && !id.contains("..")
+        && !id.contains('/')
+        && !id.contains(':')
+        && !id.bytes().any(|b| b.is_ascii_control());
+    if ok { Ok(()) } else { Err(MaildirError::BadId) }
+}
+
+/// What the mailbox API shows of one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub id: String,
+    pub from: String,
+    pub subject: String,
+    pub date: String,
+    pub size: u64,
+    pub delivered_at: i64,
+    pub seen: bool,
+}
+
+/// A message just written into `new/`.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    pub path: PathBuf,
+    pub summary: Summary,
+}
+
+/// The tree of every user's Maildir.
+#[derive(Debug, Clone)]
+pub struct MailStore {
+    root: PathBuf,
+    host: String,
+}
+
+impl MailStore {
+    /// A store under `<data_dir>/mail`, naming files with `hostname`.
+    pub fn new(data_dir: &Path, hostname: &str) -> Self {
+        MailStore {
+            root: data_dir.join("mail"),
+            host: maildir_host(hostname),
+        }
+    }
+
+    /// `<root>/<domain>/<local>/Maildir`.
+    pub fn maildir(&self, user: &Address) -> PathBuf {
+        self.root
+            .join(user.domain())
+            .join(user.local())
+            .join("Maildir")
+    }
+
+    /// Creates the user's Maildir if needed, fsyncing every directory made so
+    /// a crash cannot lose a mailbox that already acknowledged mail.
+    fn ensure_maildir(&self, user: &Address) -> Result<PathBuf, MaildirError> {
+        let maildir = self.maildir(user);
+        if SUBDIRS.iter().all(|d| maildir.join(d).is_dir()) {
+            return Ok(maildir);
+        }
+        let chain = [
+            self.root.clone(),
+            self.root.join(user.domain()),
+            self.root.join(user.domain()).join(user.local()),
+            maildir.clone(),
+        ];
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true).mode(0o700);
+        for sub in SUBDIRS {
+            let dir = maildir.join(sub);
+            builder.create(&dir).map_err(io_err(&dir))?;
+        }
+        for dir in chain.iter().rev() {
+            sync_dir(dir)?;
+        }
+        if let Some(parent) = self.root.parent() {
+            sync_dir(parent)?;
+        }
+        Ok(maildir)
+    }
+
+    /// Delivers `message` to `user`'s Maildir, prefixed with `Return-Path`
+    /// (the envelope sender) and `Delivered-To` (`rcpt`, the final address).
+    pub fn deliver(
+        &self,
+        user: &Address,
+        sender: &str,
+        rcpt: &Address,
+        message: &[u8],
+    ) -> Result<Delivered, MaildirError> {
+        let maildir = self.ensure_maildir(user)?;
+        let prefix = format!("Return-Path: <{sender}>\r\nDelivered-To: {rcpt}\r\n");
+        let size = (prefix.len() + message.len()) as u64;
+        let (mut file, tmp, id, delivered_at) = self.create_tmp(&maildir, size)?;
+        let written = file
+            .write_all(prefix.as_bytes())
+            .and_then(|()| file.write_all(message))
+            .and_then(|()| file.sync_all());
+        drop(file);
+        let new = maildir.join("new").join(&id);
+        let moved = written
+            .map_err(io_err(&tmp))
+            .and_then(|()| std::fs::rename(&tmp, &new).map_err(io_err(&new)))
+            .and_then(|()| sync_dir(&maildir.join("new")));
+        if let Err(e) = moved {
+            // Leave no half-written file behind in tmp/.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        let mut header = prefix.into_bytes();
+        header.extend_from_slice(header_part(message));
+        Ok(Delivered {
+            path: new,
+            summary: summarize(&header, id, size, delivered_at, false),
+        })
+    }
+
+    fn create_tmp(
+        &self,
+        maildir: &Path,
+        size: u64,
+    ) -> Result<(std::fs::File, PathBuf, String, i64), MaildirError> {
+        loop {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            let counter = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let id = format!(
+                "{}.M{}P{}Q{}.{},S={}",
+                now.as_secs(),
+                now.subsec_micros(),
+                std::process::id(),
+                counter,
+                self.host,
+                size
+            );
+            let tmp = maildir.join("tmp").join(&id);
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+            {
+                Ok(file) => return Ok((file, tmp, id, now.as_secs() as i64)),
+                // A leftover from another process with a recycled pid: pick another name.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(io_err(&tmp)(e)),
+            }
+        }
+    }
+
+    /// Every message in `new/` and `cur/`, oldest first. A user who never
+    /// received mail has an empty mailbox, not an error.
+    pub fn list(&self, user: &Address) -> Result<Vec<Summary>, MaildirError> {
+        let maildir = self.maildir(user);
+        let mut out = Vec::new();
+        for folder in ["new", "cur"] {
+            let dir = maildir.join(folder);
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(&dir)(e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(io_err(&dir))?;
+                let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                    continue;
+                };
+                let (id, flags) = split_flags(&name);
+                if validate_id(id).is_err() {
+                    continue;
+                }
+                let path = entry.path();
+                let meta = match entry.metadata() {
+                    Ok(m) if m.is_file() => m,
+                    // Deleted meanwhile, or not a message: skip it.
+                    _ => continue,
+                };
+                let delivered_at = id
+                    .split('.')
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or_else(|| mtime_secs(&meta));
+                let header = match read_header(&path) {
+                    Ok(h) => h,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io_err(&path)(e)),
+                };
+                out.push(summarize(
+                    &header,
+                    id.to_string(),
+                    meta.len(),
+                    delivered_at,
+                    flags.contains('S'),
+                ));
+            }
+        }
+        out.sort_by(|a, b| (a.delivered_at, &a.id).cmp(&(b.delivered_at, &b.id)));
+        Ok(out)
+    }
+
+    /// The file holding message `id` of `user`, if there is one.
+    pub fn find(&self, user: &Address, id: &str) -> Result<Option<PathBuf>, MaildirError> {
+        validate_id(id)?;
+        let maildir = self.maildir(user);
+        let new = maildir.join("new").join(id);
+        if new.is_file() {
+            return Ok(Some(new));
+        }
+        let cur = maildir.join("cur");
+        let entries = match std::fs::read_dir(&cur) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&cur)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io_err(&cur))?;
+            if entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| split_flags(n).0 == id)
+            {
+                return Ok(Some(entry.path()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Deletes message `id`; `false` if it does not exist. The directory is
+    /// fsynced, so a `true` survives a crash.
+    pub fn delete(&self, user: &Address, id: &str) -> Result<bool, MaildirError> {
+        let Some(path) = self.find(user, id)? else {
+            return Ok(false);
+        };
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+        if let Some(dir) = path.parent() {
+            sync_dir(dir)?;
+        }
+        Ok(true)
+    }
+}
+
+/// The host part of a unique name, with the characters Maildir readers
+/// treat specially (`/`, `:`, and `,` which starts `,S=`) escaped as octal.
+fn maildir_host(hostname: &str) -> String {
+    let mut out = String::new();
+    for c in hostname.chars() {
+        match c {
+            '/' => out.push_str("\\057"),
+            ':' => out.push_str("\\072"),
+            ',' => out.push_str("\\054"),
+            c if c.is_ascii_graphic() => out.push(c),
+            _ => out.push('_'),
+        }
+    }
+    if out.is_empty() {
+        "localhost".into()
+    } else {
+        out
+    }
+}
+
+/// Splits `unique:2,FLAGS` into the id and the flags.
+fn split_flags(name: &str) -> (&str, &str) {
+    match name.split_once(":2,") {
+        Some((id, flags)) => (id, flags),
+        None => (name, ""),
+    }
+}
+
+fn mtime_secs(meta: &std::fs::Metadata) -> i64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), MaildirError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// Reads the start of a file, up to the end of its header.
+fn read_header(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    std::fs::File::open(path)?
+        .take(HEADER_READ_LIMIT)
+        .read_to_end(&mut buf)?;
+    let end = header_part(&buf).len();
+    buf.truncate(end);
+    Ok(buf)
+}
+
+/// The header of a message, including the blank line that ends it (or all of
+/// it when there is no body).
+fn header_part(message: &[u8]) -> &[u8] {
+    let limit = message.len().min(HEADER_READ_LIMIT as usize);
+    let head = &message[..limit];
+    let crlf = head
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4);
+    let lf = head.windows(2).position(|w| w == b"\n\n").map(|p| p + 2);
+    let end = match (crlf, lf) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b).unwrap_or(limit),
+    };
+    &head[..end]
+}
+
+/// Builds a summary from a message header.
+pub fn summarize(header: &[u8], id: String, size: u64, delivered_at: i64, seen: bool) -> Summary {
+    let parsed = mail_parser::MessageParser::new().parse_headers(header);
+    let (from, subject, date) = match &parsed {
+        Some(msg) => {
+            let from = msg
+                .from()
+                .and_then(|a| a.first())
+                .map(|addr| match (addr.name(), addr.address()) {
+                    (Some(name), Some(address)) => format!("{name} <{address}>"),
+                    (None, Some(address)) => address.to_string(),
+                    (Some(name), None) => name.to_string(),
+                    (None, None) => String::new(),
+                })
+                .unwrap_or_default();
+            let subject = msg.subject().unwrap_or_default().to_string();
+            // As written by the sender: the raw value, unfolded and trimmed.
+            let date = msg
+                .header_raw("Date")
+                .map(|d| d.split_whitespace().collect::<Vec<_>>().join(" "))
+                .unwrap_or_default();
+            (from, subject, date)
+        }
+        None => Default::default(),
+    };
+    Summary {
+        id,
+        from,
+        subject,
+        date,
+        size,
+        delivered_at,
+        seen,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MSG: &[u8] = b"From: Bob Example <bob@example.test>\r\nTo: alice@example.test\r\nSubject: =?utf-8?q?caf=C3=A9?=\r\nDate: Tue, 1 Dec 2026 08:00:00\r\n +0000\r\n\r\nHello\r\n\r\nAlice\r\n";
+
+    fn alice() -> Address {
+        Address::parse("alice@example.test").unwrap()
+    }
+
+    #[test]
+    fn delivers_the_maildir_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MailStore::new(dir.path(), "mda.example.test");
+        let d = store
+            .deliver(&alice(), "bob@example.test", &alice(), MSG)
+            .unwrap();
+        let maildir = dir.path().join("mail/example.test/alice/Maildir");
+        assert_eq!(d.path.parent().unwrap(), maildir.join("new"));
+        for sub in SUBDIRS {
+            assert!(maildir.join(sub).is_dir());
+        }
+        assert_eq!(std::fs::read_dir(maildir.join("tmp")).unwrap().count(), 0);
+        let body = std::fs::read(&d.path).unwrap();
+        assert!(body.starts_with(
+            b"Return-Path: <bob@example.test>\r\nDelivered-To: alice@example.test\r\nFrom: Bob"
+        ));
+        assert!(body.ends_with(MSG));
+
+        let id = &d.summary.id;
+        let pattern = format!("P{}Q", std::process::id());
+        assert!(
+            id.contains(".M") && id.contains(&pattern) && id.contains(".mda.example.test,S="),
+            "{id}"
+        );
+        assert!(id.ends_with(&format!(",S={}", body.len())), "{id}");
+        assert_eq!(d.summary.size, body.len() as u64);
+        assert_eq!(d.summary.from, "Bob Example <bob@example.test>");
+        assert_eq!(d.summary.subject, "café");
+        assert_eq!(d.summary.date, "Tue, 1 Dec 2026 08:00:00 +0000");
+
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&d.path).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn null_sender_and_unique_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MailStore::new(dir.path(), "h/o:s,t");
+        let a = store
+            .deliver(&alice(), "", &alice(), b"Subject: x\r\n\r\n")
+            .unwrap();
+        let b = store
+            .deliver(&alice(), "", &alice(), b"Subject: x\r\n\r\n")
+            .unwrap();
+        assert_ne!(a.summary.id, b.summary.id);
+        assert!(
+            a.summary.id.contains(".h\\057o\\072s\\054t,S="),
+            "{}",
+            a.summary.id
+        );
+        validate_id(&a.summary.id).unwrap();
+        assert!(
+            std::fs::read(&a.path)
+                .unwrap()
+                .starts_with(b"Return-Path: <>\r\n")
+        );
+    }
+
+    #[test]
+    fn list_find_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MailStore::new(dir.path(), "h");
+        assert!(store.list(&alice()).unwrap().is_empty());
+        let first = store.deliver(&alice(), "b@x.test", &alice(), MSG).unwrap();
+        let second = store
+            .deliver(&alice(), "b@x.test", &alice(), b"Subject: two\r\n\r\n")
+            .unwrap();
+        // A reader marked the first one seen and moved it to cur/.
+        let cur = store
+            .maildir(&alice())
+            .join("cur")
+            .join(format!("{}:2,S", first.summary.id));
+        std::fs::rename(&first.path, &cur).unwrap();
+
+        let list = store.list(&alice()).unwrap();
+        assert_eq!(list.len(), 2);
+        let ids: Vec<_> = list.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, [first.summary.id.as_str(), second.summary.id.as_str()]);
+        assert!(list[0].seen && !list[1].seen);
+        assert_eq!(list[1].subject, "two");
+
+        assert_eq!(store.find(&alice(), &first.summary.id).unwrap(), Some(cur));
+        assert!(store.delete(&alice(), &first.summary.id).unwrap());
+        assert!(!store.delete(&alice(), &first.summary.id).unwrap());
+        assert_eq!(store.list(&alice()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn ids_cannot_escape_the_maildir() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MailStore::new(dir.path(), "h");
+        for bad in [
+            "",
+            "..",
+            "../x",
+            "../../cur/x",
+            "a/b",
+            ".hidden",
+            "x:2,S",
+            "a\0b",
+            "a\nb",
+        ] {
+            assert!(validate_id(bad).is_err(), "{bad:?}");
+            assert!(
+                matches!(store.find(&alice(), bad), Err(MaildirError::BadId)),
+                "{bad:?}"
+            );
+            assert!(store.delete(&alice(), bad).is_err(), "{bad:?}");
+        }
+    }
+}

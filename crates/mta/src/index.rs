@@ -1,0 +1,178 @@
+//! The queue index in sled (`<data_dir>/queue.sled`): per-message and
+//! per-recipient delivery state. It is a cache of decisions, not the truth:
+//! [`crate::queue::Queue::open`] rebuilds it from the spool, so losing it
+//! costs at most duplicate deliveries, never a message.
+
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Errors of the index.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("queue index: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("queue index entry {id}: {source}")]
+    Decode {
+        id: String,
+        source: serde_json::Error,
+    },
+}
+
+/// Where a recipient stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecipientStatus {
+    Pending,
+    Deferred,
+    Delivered,
+    Failed,
+}
+
+impl RecipientStatus {
+    /// Delivered or failed: nothing more will be attempted.
+    pub fn is_final(self) -> bool {
+        matches!(self, RecipientStatus::Delivered | RecipientStatus::Failed)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecipientStatus::Pending => "pending",
+            RecipientStatus::Deferred => "deferred",
+            RecipientStatus::Delivered => "delivered",
+            RecipientStatus::Failed => "failed",
+        }
+    }
+}
+
+/// One recipient of a queued message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipientEntry {
+    pub address: String,
+    pub status: RecipientStatus,
+    pub attempts: u32,
+    pub last_reply: String,
+    /// Seconds since the Unix epoch; 0 = as soon as possible.
+    pub next_attempt: i64,
+}
+
+impl RecipientEntry {
+    pub fn pending(address: String) -> Self {
+        RecipientEntry {
+            address,
+            status: RecipientStatus::Pending,
+            attempts: 0,
+            last_reply: String::new(),
+            next_attempt: 0,
+        }
+    }
+
+    /// Whether the scheduler should attempt it at `now`.
+    pub fn is_due(&self, now: i64) -> bool {
+        match self.status {
+            RecipientStatus::Pending => true,
+            RecipientStatus::Deferred => self.next_attempt <= now,
+            _ => false,
+        }
+    }
+
+    /// The domain part (lowercased), used for routing and grouping.
+    pub fn domain(&self) -> String {
+        self.address
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_ascii_lowercase())
+            .unwrap_or_default()
+    }
+}
+
+/// One queued message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageEntry {
+    pub queue_id: String,
+    pub sender: String,
+    pub journey_id: String,
+    pub received_at: i64,
+    pub size: u64,
+    pub held: bool,
+    pub recipients: Vec<RecipientEntry>,
+}
+
+impl MessageEntry {
+    /// Every recipient is delivered or failed.
+    pub fn is_finished(&self) -> bool {
+        self.recipients.iter().all(|r| r.status.is_final())
+    }
+}
+
+/// The sled database and its message tree.
+pub struct Index {
+    db: sled::Db,
+    messages: sled::Tree,
+}
+
+impl Index {
+    pub fn open(path: &Path) -> Result<Index, IndexError> {
+        let db = sled::open(path)?;
+        let messages = db.open_tree("messages")?;
+        Ok(Index { db, messages })
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<MessageEntry>, IndexError> {
+        match self.messages.get(id.as_bytes())? {
+            Some(bytes) => Ok(Some(decode(id, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn put(&self, entry: &MessageEntry) -> Result<(), IndexError> {
+        let bytes = serde_json::to_vec(entry).map_err(|source| IndexError::Decode {
+            id: entry.queue_id.clone(),
+            source,
+        })?;
+        self.messages.insert(entry.queue_id.as_bytes(), bytes)?;
+        Ok(())
+    }
+
+    pub fn remove(&self, id: &str) -> Result<(), IndexError> {
+        self.messages.remove(id.as_bytes())?;
+        Ok(())
+    }
+
+    /// Every entry, in queue id order (arrival order). An undecodable entry
+    /// is skipped with a warning; the spool rebuild recreates it.
+    pub fn all(&self) -> Result<Vec<MessageEntry>, IndexError> {
+        let mut entries = Vec::new();
+        for item in self.messages.iter() {
+            let (key, value) = item?;
+            let id = String::from_utf8_lossy(&key).into_owned();
+            match decode(&id, &value) {
+                Ok(entry) => entries.push(entry),
+                Err(e) => {
+                    tracing::warn!(queue_id = %id, error = %e, "skipping undecodable index entry")
+                }
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Every key, including undecodable entries.
+    pub fn ids(&self) -> Result<Vec<String>, IndexError> {
+        self.messages
+            .iter()
+            .keys()
+            .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
+            .collect()
+    }
+
+    /// Writes everything to disk (shutdown).
+    pub fn flush(&self) -> Result<(), IndexError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+fn decode(id: &str, bytes: &[u8]) -> Result<MessageEntry, IndexError> {
+    serde_json::from_slice(bytes).map_err(|source| IndexError::Decode {
+        id: id.to_string(),
+        source,
+    })
+}

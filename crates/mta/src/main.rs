@@ -1,0 +1,5 @@
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    mta::cli_main(std::env::args_os().collect())
+}

@@ -1,0 +1,474 @@
+//! The delivery scheduler: takes due recipients from the queue, groups
+//! them by message and destination domain, and runs the deliveries with
+//! bounded concurrency (overall and per destination).
+//!
+//! One job = one message to one domain. A job in flight is never started
+//! twice; its results go back to the queue, which computes the next
+//! attempt. A crash mid-job leaves the recipients as they were, so they
+//! are tried again: at worst a duplicate, never a loss.
+
+use crate::headers;
+use crate::local::Mda;
+use crate::queue::{Outcome, Queue, now_secs};
+use crate::queue_id::QueueId;
+use crate::relay::Relay;
+use futures::future::BoxFuture;
+use parking_lot::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+/// Longest sleep between queue scans; retries due later are found by then.
+const MAX_IDLE: Duration = Duration::from_secs(30);
+
+/// How long a job whose results could not be stored is held back (a full
+/// disk must not turn into a redelivery loop).
+const COOLDOWN: Duration = Duration::from_secs(60);
+
+/// One message to one destination domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub queue_id: QueueId,
+    pub journey: String,
+    pub sender: String,
+    pub domain: String,
+    pub recipients: Vec<String>,
+}
+
+/// Where jobs go: the MDA for local domains, the relay for the rest.
+pub trait Deliver: Send + Sync {
+    fn deliver<'a>(
+        &'a self,
+        job: &'a Job,
+        message: &'a [u8],
+    ) -> BoxFuture<'a, Vec<(String, Outcome)>>;
+}
+
+/// The production router.
+pub struct Router {
+    pub local_domains: Vec<String>,
+    pub mda: Mda,
+    pub relay: Relay,
+}
+
+impl Deliver for Router {
+    fn deliver<'a>(
+        &'a self,
+        job: &'a Job,
+        message: &'a [u8],
+    ) -> BoxFuture<'a, Vec<(String, Outcome)>> {
+        Box::pin(async move {
+            if self
+                .local_domains
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(&job.domain))
+            {
+                self.mda
+                    .deliver(
+                        job.queue_id.as_str(),
+                        &job.journey,
+                        &job.sender,
+                        &job.recipients,
+                        message,
+                    )
+                    .await
+            } else {
+                self.relay
+                    .deliver(&job.domain, &job.sender, &job.recipients, message)
+                    .await
+            }
+        })
+    }
+}
+
+/// Concurrency limits of the scheduler.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub concurrency: usize,
+    pub per_destination: usize,
+}
+
+pub struct Scheduler {
+    queue: Arc<Queue>,
+    deliver: Arc<dyn Deliver>,
+    limits: Limits,
+    global: Arc<Semaphore>,
+    per_domain: Mutex<HashMap<String, Arc<Semaphore>>>,
+    in_flight: Arc<Mutex<HashSet<(QueueId, String)>>>,
+    /// Jobs whose results could not be recorded, held back until then.
+    cooldown: Arc<Mutex<HashMap<(QueueId, String), Instant>>>,
+}
+
+impl Scheduler {
+    pub fn new(queue: Arc<Queue>, deliver: Arc<dyn Deliver>, limits: Limits) -> Arc<Scheduler> {
+        Arc::new(Scheduler {
+            queue,
+            deliver,
+            limits,
+            global: Arc::new(Semaphore::new(limits.concurrency)),
+            per_domain: Mutex::new(HashMap::new()),
+            in_flight: Arc::new(Mutex::new(HashSet::new())),
+            cooldown: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    /// Runs until `shutdown` turns true, then waits up to `grace` for the
+    /// jobs in flight (abandoned jobs are simply retried after restart).
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>, grace: Duration) {
+        let mut tasks = JoinSet::new();
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            self.dispatch(&mut tasks);
+            let idle = self.idle_time();
+            tokio::select! {
+                _ = self.queue.wake.notified() => {}
+                _ = tokio::time::sleep(idle) => {}
+                Some(_) = tasks.join_next() => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        if !tasks.is_empty() {
+            tracing::info!(jobs = tasks.len(), "waiting for deliveries in flight");
+            let drain = async { while tasks.join_next().await.is_some() {} };
+            if tokio::time::timeout(grace, drain).await.is_err() {
+                tracing::warn!("deliveries still running at shutdown; they will be retried");
+                tasks.abort_all();
+            }
+        }
+    }
+
+    fn idle_time(&self) -> Duration {
+        match self.queue.next_wakeup() {
+            Ok(Some(at)) => Duration::from_secs(
+                at.saturating_sub(now_secs())
+                    .clamp(1, MAX_IDLE.as_secs() as i64) as u64,
+            ),
+            _ => MAX_IDLE,
+        }
+    }
+
+    /// Starts every due job the limits allow.
+    pub fn dispatch(&self, tasks: &mut JoinSet<()>) {
+        let now = now_secs();
+        let instant = Instant::now();
+        self.cooldown.lock().retain(|_, until| *until > instant);
+        let due = match self.queue.due(now) {
+            Ok(due) => due,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the queue index");
+                return;
+            }
+        };
+        for message in due {
+            let Some(queue_id) = QueueId::parse(&message.queue_id) else {
+                continue;
+            };
+            // Group this message's due recipients by destination domain.
+            let mut by_domain: Vec<(String, Vec<String>)> = Vec::new();
+            for r in message.recipients.iter().filter(|r| r.is_due(now)) {
+                let domain = r.domain();
+                match by_domain.iter_mut().find(|(d, _)| *d == domain) {
+                    Some((_, list)) => list.push(r.address.clone()),
+                    None => by_domain.push((domain, vec![r.address.clone()])),
+                }
+            }
+            for (domain, recipients) in by_domain {
+                let key = (queue_id.clone(), domain.clone());
+                if self.in_flight.lock().contains(&key) || self.cooldown.lock().contains_key(&key) {
+                    continue;
+                }
+                let Ok(global) = self.global.clone().try_acquire_owned() else {
+                    return; // Everything is busy; finished jobs wake us.
+                };
+                let Ok(local) = self.domain_semaphore(&domain).try_acquire_owned() else {
+                    continue;
+                };
+                self.in_flight.lock().insert(key.clone());
+                let job = Job {
+                    queue_id: queue_id.clone(),
+                    journey: message.journey_id.clone(),
+                    sender: message.sender.clone(),
+                    domain,
+                    recipients,
+                };
+                let queue = self.queue.clone();
+                let deliver = self.deliver.clone();
+                let in_flight = self.in_flight.clone();
+                let cooldown = self.cooldown.clone();
+                tasks.spawn(async move {
+                    let _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit) = (global, local);
+                    if !run_job(queue.clone(), deliver, job).await {
+                        cooldown
+                            .lock()
+                            .insert(key.clone(), Instant::now() + COOLDOWN);
+                    }
+                    in_flight.lock().remove(&key);
+                    queue.wake.notify_one();
+                });
+            }
+        }
+        // Forget idle destinations so the map does not grow forever.
+        let per_destination = self.limits.per_destination;
+        self.per_domain
+            .lock()
+            .retain(|_, s| s.available_permits() < per_destination);
+    }
+
+    fn domain_semaphore(&self, domain: &str) -> Arc<Semaphore> {
+        self.per_domain
+            .lock()
+            .entry(domain.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.limits.per_destination)))
+            .clone()
+    }
+}
+
+/// Delivers one job and records its results.
+/// Returns false when the results could not be recorded: the caller then
+/// keeps the job back for a while instead of redelivering at once.
+async fn run_job(queue: Arc<Queue>, deliver: Arc<dyn Deliver>, job: Job) -> bool {
+    let span = tracing::info_span!("delivery", queue_id = %job.queue_id, journey = %job.journey, domain = %job.domain);
+    async move {
+        let id = job.queue_id.clone();
+        let q = queue.clone();
+        let message = match tokio::task::spawn_blocking(move || q.read(&id)).await {
+            Ok(Ok(spooled)) => spooled.message,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot read spool file");
+                return unreadable_spool(&queue, &job);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "spool read task failed");
+                return false;
+            }
+        };
+        let hops = headers::count(&message, "received");
+        let outcomes = if hops > headers::MAX_HOPS {
+            let reply =
+                format!("554 5.4.6 too many hops ({hops} Received header fields): mail loop?");
+            job.recipients
+                .iter()
+                .map(|r| (r.clone(), Outcome::Failed(reply.clone())))
+                .collect()
+        } else {
+            deliver.deliver(&job, &message).await
+        };
+        for (recipient, outcome) in &outcomes {
+            match outcome {
+                Outcome::Delivered(reply) => tracing::info!(%recipient, %reply, "delivered"),
+                Outcome::Deferred(reply) => tracing::warn!(%recipient, %reply, "deferred"),
+                Outcome::Failed(reply) => tracing::warn!(%recipient, %reply, "failed"),
+            }
+        }
+        let id = job.queue_id.clone();
+        let recorded =
+            tokio::task::spawn_blocking(move || queue.record(&id, &outcomes, now_secs())).await;
+        match recorded {
+            Ok(Ok(_)) => true,
+            // The recipients stay as they were and are tried again later.
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot record delivery results");
+                false
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "recording task failed");
+                false
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// A spool file that cannot be read: if it is gone, the index entry goes
+/// too (the spool is the truth); if it is there but unreadable, the
+/// recipients are deferred so the back-off (and finally the lifetime)
+/// applies instead of a hot loop.
+fn unreadable_spool(queue: &Queue, job: &Job) -> bool {
+    match queue.forget_if_vanished(&job.queue_id) {
+        Ok(true) => {
+            tracing::error!("spool file vanished; message dropped from the index");
+            true
+        }
+        Ok(false) => {
+            let reply = "451 4.3.0 spool file unreadable".to_string();
+            let outcomes: Vec<_> = job
+                .recipients
+                .iter()
+                .map(|r| (r.clone(), Outcome::Deferred(reply.clone())))
+                .collect();
+            queue.record(&job.queue_id, &outcomes, now_secs()).is_ok()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot check the spool");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RetryConfig;
+    use crate::retry::RetryPolicy;
+    use crate::spool::SpoolEnvelope;
+
+    #[derive(Default)]
+    struct Recorder {
+        jobs: Mutex<Vec<Job>>,
+        running: std::sync::atomic::AtomicUsize,
+        peak: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Deliver for Recorder {
+        fn deliver<'a>(
+            &'a self,
+            job: &'a Job,
+            _message: &'a [u8],
+        ) -> BoxFuture<'a, Vec<(String, Outcome)>> {
+            use std::sync::atomic::Ordering::SeqCst;
+            Box::pin(async move {
+                let now = self.running.fetch_add(1, SeqCst) + 1;
+                self.peak.fetch_max(now, SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                self.running.fetch_sub(1, SeqCst);
+                self.jobs.lock().push(job.clone());
+                job.recipients
+                    .iter()
+                    .map(|r| {
+                        let outcome = if r.starts_with("later") {
+                            Outcome::Deferred("451 4.0.0 later".into())
+                        } else {
+                            Outcome::Delivered("250 ok".into())
+                        };
+                        (r.clone(), outcome)
+                    })
+                    .collect()
+            })
+        }
+    }
+
+    fn envelope(rcpts: &[&str]) -> SpoolEnvelope {
+        SpoolEnvelope {
+            queue_id: QueueId::generate().to_string(),
+            sender: "s@x.test".into(),
+            recipients: rcpts.iter().map(|s| s.to_string()).collect(),
+            journey_id: "j".into(),
+            received_at: now_secs(),
+            authenticated_user: None,
+        }
+    }
+
+    async fn open(dir: &std::path::Path) -> Arc<Queue> {
+        let policy = RetryPolicy::new(&RetryConfig {
+            first: Duration::from_secs(60),
+            max: Duration::from_secs(600),
+            lifetime: Duration::from_secs(3600),
+        });
+        Arc::new(Queue::open(dir, policy).unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn groups_by_domain_and_respects_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = open(dir.path()).await;
+        let looped = format!("{}Subject: loop\r\n\r\nx\r\n", "Received: x\r\n".repeat(31));
+        let loop_id = queue
+            .enqueue(envelope(&["u@loop.test"]), looped.as_bytes())
+            .await
+            .unwrap();
+        let multi = queue
+            .enqueue(
+                envelope(&["a@one.test", "b@one.test", "later@two.test"]),
+                b"m\r\n",
+            )
+            .await
+            .unwrap();
+        for _ in 0..6 {
+            queue
+                .enqueue(envelope(&["c@three.test"]), b"m\r\n")
+                .await
+                .unwrap();
+        }
+        let recorder = Arc::new(Recorder::default());
+        let scheduler = Scheduler::new(
+            queue.clone(),
+            recorder.clone(),
+            Limits {
+                concurrency: 4,
+                per_destination: 2,
+            },
+        );
+        let (tx, rx) = watch::channel(false);
+        let handle = tokio::spawn(scheduler.run(rx, Duration::from_secs(5)));
+        for _ in 0..200 {
+            if queue.list().unwrap().len() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tx.send(true).unwrap();
+        handle.await.unwrap();
+
+        // Only the deferred recipient remains; the loop failed without a delivery attempt.
+        let left = queue.list().unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].queue_id, multi.as_str());
+        assert!(queue.show(loop_id.as_str()).unwrap().is_none());
+        let jobs = recorder.jobs.lock().clone();
+        assert!(jobs.iter().all(|j| j.domain != "loop.test"));
+        let one: Vec<_> = jobs
+            .iter()
+            .filter(|j| j.queue_id == multi && j.domain == "one.test")
+            .collect();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].recipients, vec!["a@one.test", "b@one.test"]);
+        assert_eq!(jobs.iter().filter(|j| j.domain == "three.test").count(), 6);
+        assert!(recorder.peak.load(std::sync::atomic::Ordering::SeqCst) <= 4);
+    }
+
+    #[tokio::test]
+    async fn vanished_spool_files_are_dropped_and_unreadable_ones_deferred() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = open(dir.path()).await;
+        let gone = queue
+            .enqueue(envelope(&["a@one.test"]), b"m\r\n")
+            .await
+            .unwrap();
+        let bad = queue
+            .enqueue(envelope(&["b@one.test"]), b"m\r\n")
+            .await
+            .unwrap();
+        let active = dir.path().join("spool/active");
+        std::fs::remove_file(active.join(gone.as_str())).unwrap();
+        std::fs::write(active.join(bad.as_str()), b"not a spool file").unwrap();
+        let recorder = Arc::new(Recorder::default());
+        let scheduler = Scheduler::new(
+            queue.clone(),
+            recorder.clone(),
+            Limits {
+                concurrency: 4,
+                per_destination: 4,
+            },
+        );
+        let mut tasks = JoinSet::new();
+        scheduler.dispatch(&mut tasks);
+        while tasks.join_next().await.is_some() {}
+        assert!(queue.show(gone.as_str()).unwrap().is_none());
+        let entry = queue.show(bad.as_str()).unwrap().unwrap();
+        assert_eq!(
+            entry.recipients[0].status,
+            crate::index::RecipientStatus::Deferred
+        );
+        assert_eq!(
+            entry.recipients[0].last_reply,
+            "451 4.3.0 spool file unreadable"
+        );
+        assert!(recorder.jobs.lock().is_empty());
+    }
+}
