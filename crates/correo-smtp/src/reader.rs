@@ -10,6 +10,8 @@ use crate::reply::Reply;
 
 /// RFC 5321 4.5.3.1.4: a command line is at most 512 octets including CRLF.
 pub const MAX_COMMAND_LINE: usize = 512;
+/// RFC 4954 4: a SASL response line after a 334 challenge may be this long.
+pub const MAX_AUTH_LINE: usize = 12288;
 /// RFC 5321 4.5.3.1.6: a text line is at most 1000 octets including CRLF.
 pub const MAX_TEXT_LINE: usize = 1000;
 
@@ -69,6 +71,11 @@ impl CommandReader {
             limit: limit.max(2),
             discarding: false,
         }
+    }
+
+    /// Changes the limit for the next line (e.g. for AUTH responses).
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit.max(2);
     }
 
     /// Forgets a partial line (after STARTTLS: nothing sent in plaintext may

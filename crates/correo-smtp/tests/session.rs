@@ -510,6 +510,10 @@ async fn auth_plain_with_challenge_succeeds() {
     starttls(&pki, &mut r).await;
     r.client.cmd("AUTH PLAIN", "503 5.5.1").await; // before EHLO
     r.client.cmd("EHLO client.example", "250-").await;
+    // RFC 4954: a response line may exceed the 512-octet command limit.
+    r.client.cmd("AUTH PLAIN", "334 ").await;
+    let long = B64.encode(format!("\0alice\0{}", "x".repeat(2000)));
+    r.client.cmd(&long, "535 5.7.8").await;
     r.client.cmd("AUTH PLAIN", "334 ").await;
     r.client
         .cmd(&B64.encode("alice\0alice\0secret"), "235 2.7.0")

@@ -95,6 +95,12 @@ const DISK_FULL: Verdict = Verdict::new(
     "4.3.1",
     "insufficient system storage",
 );
+const TOO_BIG: Verdict = Verdict::new(
+    DeliveryStatus::Permanent,
+    552,
+    "5.3.4",
+    "message too big for the mailbox",
+);
 const IO_ERROR: Verdict = Verdict::new(
     DeliveryStatus::Temporary,
     451,
@@ -156,10 +162,15 @@ impl Delivery for DeliveryService {
             match chunk.part {
                 Some(deliver_chunk::Part::Data(data)) => {
                     if message.len() + data.len() > MAX_MESSAGE_SIZE {
-                        tracing::warn!(queue_id = %queue_id, journey = %journey, "delivery refused: message too large");
-                        return Err(Status::resource_exhausted(format!(
-                            "message larger than {MAX_MESSAGE_SIZE} bytes"
-                        )));
+                        // Retrying cannot help: a permanent answer, per
+                        // recipient, so the MTA bounces at once.
+                        tracing::warn!(queue_id = %queue_id, journey = %journey, limit = MAX_MESSAGE_SIZE, "delivery refused: message too large");
+                        let results = envelope
+                            .recipients
+                            .iter()
+                            .map(|r| TOO_BIG.for_recipient(r))
+                            .collect();
+                        return Ok(Response::new(DeliverReply { results }));
                     }
                     message.extend_from_slice(&data);
                 }

@@ -17,6 +17,9 @@
 //!   451 4.3.0;
 //! - `Mailbox` (List, Fetch, Delete, Watch) for the MUA.
 //!
+//! At start-up, files older than 36 hours are swept from every `tmp/`
+//! (deliveries a crash interrupted).
+//!
 //! The `mda user …` and `mda alias …` commands edit `accounts.json` in place
 //! (exclusive lock, atomic replace); a running MDA reloads it on its next
 //! lookup. Module map: [`config`], [`address`], [`accounts`], [`auth`],

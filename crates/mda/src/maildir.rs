@@ -255,6 +255,43 @@ impl MailStore {
         Ok(out)
     }
 
+    /// Removes files older than `max_age` from every Maildir's `tmp/`: the
+    /// leftovers of deliveries interrupted by a crash (the Maildir spec
+    /// suggests 36 hours). Returns how many were removed; unreadable parts of
+    /// the tree are skipped, since this is housekeeping, not delivery.
+    pub fn sweep_tmp(&self, max_age: std::time::Duration) -> usize {
+        let Some(cutoff) = SystemTime::now().checked_sub(max_age) else {
+            return 0;
+        };
+        let subdirs = |dir: &Path| -> Vec<PathBuf> {
+            std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect()
+        };
+        let mut removed = 0;
+        for domain in subdirs(&self.root) {
+            for user in subdirs(&domain) {
+                let tmp = user.join("Maildir").join("tmp");
+                for entry in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+                    let stale = entry
+                        .metadata()
+                        .ok()
+                        .filter(|m| m.is_file())
+                        .and_then(|m| m.modified().ok())
+                        .is_some_and(|t| t < cutoff);
+                    if stale && std::fs::remove_file(entry.path()).is_ok() {
+                        removed += 1;
+                    }
+                }
+            }
+        }
+        removed
+    }
+
     /// The file holding message `id` of `user`, if there is one.
     pub fn find(&self, user: &Address, id: &str) -> Result<Option<PathBuf>, MaildirError> {
         validate_id(id)?;
@@ -503,6 +540,29 @@ mod tests {
         assert!(store.delete(&alice(), &first.summary.id).unwrap());
         assert!(!store.delete(&alice(), &first.summary.id).unwrap());
         assert_eq!(store.list(&alice()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn sweeps_only_stale_tmp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MailStore::new(dir.path(), "h");
+        let delivered = store.deliver(&alice(), "", &alice(), MSG).unwrap();
+        let tmp = store.maildir(&alice()).join("tmp");
+        let (old, fresh) = (tmp.join("old"), tmp.join("fresh"));
+        std::fs::write(&old, "x").unwrap();
+        std::fs::write(&fresh, "x").unwrap();
+        let long_ago = SystemTime::now() - std::time::Duration::from_secs(40 * 3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        assert_eq!(
+            store.sweep_tmp(std::time::Duration::from_secs(36 * 3600)),
+            1
+        );
+        assert!(!old.exists() && fresh.exists() && delivered.path.exists());
     }
 
     #[test]

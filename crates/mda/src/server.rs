@@ -31,6 +31,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Age after which a file in a Maildir's `tmp/` is an interrupted delivery.
+const STALE_TMP_AGE: Duration = Duration::from_secs(36 * 3600);
+
 /// Why the MDA could not start or stopped serving.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -115,6 +118,13 @@ impl Mda {
             .await
             .expect("authenticator set-up does not panic")?;
         let store = MailStore::new(&config.data_dir, &config.hostname);
+        let sweeper = store.clone();
+        tokio::task::spawn_blocking(move || {
+            let removed = sweeper.sweep_tmp(STALE_TMP_AGE);
+            if removed > 0 {
+                tracing::info!(removed, "removed stale files from Maildir tmp/ directories");
+            }
+        });
         let state = Arc::new(State::new(directory, Arc::new(auth), store));
 
         // A bounded handshake: a client that connects and stalls must not

@@ -595,6 +595,30 @@ async fn malformed_deliveries_are_refused_and_write_nothing() {
     }
     assert!(!r.data.join("mail/example.test/alice").exists());
 
+    // Too large: a permanent answer for every recipient, nothing written.
+    let envelope_chunk = envelope("bob@example.test", &["alice@example.test"]);
+    let big = futures::stream::iter(std::iter::once(envelope_chunk).chain((0..=1024).map(|_| {
+        DeliverChunk {
+            part: Some(deliver_chunk::Part::Data(vec![b'x'; 64 * 1024])),
+        }
+    })));
+    let results = DeliveryClient::new(channel.clone())
+        .deliver(big)
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 1);
+    assert_eq!(
+        (
+            results[0].status,
+            results[0].code,
+            results[0].enhanced_code.as_str()
+        ),
+        (DeliveryStatus::Permanent as i32, 552, "5.3.4")
+    );
+    assert!(!r.data.join("mail/example.test/alice").exists());
+
     // A mailbox that cannot be written is TEMPORARY (retry later), not lost:
     // here a file squats where Bob's mailbox directory belongs.
     std::fs::create_dir_all(r.data.join("mail/example.test")).unwrap();

@@ -177,9 +177,31 @@ impl QueueRpc for QueueService {
     }
 }
 
-/// `QueueAdmin`.
+/// `QueueAdmin`. Only the node's own certificate may use it: the
+/// `mta queue` commands run with the node's config, while other roles
+/// (the MSA) hold CA-signed certificates too and must not control the queue.
 pub struct AdminService {
     pub queue: Arc<Queue>,
+    /// DER of this node's certificate (the first of `tls.cert`).
+    pub admin_cert: Vec<u8>,
+}
+
+impl AdminService {
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let presented = request.peer_certs();
+        let allowed = presented
+            .as_ref()
+            .and_then(|chain| chain.first())
+            .is_some_and(|cert| cert.as_ref() == self.admin_cert.as_slice());
+        if allowed {
+            Ok(())
+        } else {
+            tracing::warn!(peer = ?request.remote_addr(), "QueueAdmin refused: not this node's certificate");
+            Err(Status::permission_denied(
+                "QueueAdmin requires this node's own certificate (run `mta queue` with the node's config)",
+            ))
+        }
+    }
 }
 
 fn internal(e: QueueError) -> Status {
@@ -265,6 +287,7 @@ impl QueueAdmin for AdminService {
         &self,
         _request: Request<ListQueueRequest>,
     ) -> Result<Response<ListQueueReply>, Status> {
+        self.authorize(&_request)?;
         let entries = self.queue.list().map_err(internal)?;
         Ok(Response::new(ListQueueReply {
             messages: entries.iter().map(to_proto).collect(),
@@ -275,6 +298,7 @@ impl QueueAdmin for AdminService {
         &self,
         request: Request<QueueIdRequest>,
     ) -> Result<Response<QueuedMessage>, Status> {
+        self.authorize(&request)?;
         let id = request.into_inner().queue_id;
         let entry = self.queue.show(checked_id(&id)?).map_err(internal)?;
         entry
@@ -283,6 +307,7 @@ impl QueueAdmin for AdminService {
     }
 
     async fn retry(&self, request: Request<RetryRequest>) -> Result<Response<CountReply>, Status> {
+        self.authorize(&request)?;
         let request = request.into_inner();
         if request.all {
             return count(self.queue.retry_now(None), "");
@@ -293,6 +318,7 @@ impl QueueAdmin for AdminService {
     }
 
     async fn hold(&self, request: Request<QueueIdRequest>) -> Result<Response<CountReply>, Status> {
+        self.authorize(&request)?;
         let id = request.into_inner().queue_id;
         tracing::info!(queue_id = %id, "hold requested");
         count(self.queue.set_held(checked_id(&id)?, true), &id)
@@ -302,6 +328,7 @@ impl QueueAdmin for AdminService {
         &self,
         request: Request<QueueIdRequest>,
     ) -> Result<Response<CountReply>, Status> {
+        self.authorize(&request)?;
         let id = request.into_inner().queue_id;
         tracing::info!(queue_id = %id, "release requested");
         count(self.queue.set_held(checked_id(&id)?, false), &id)
@@ -311,6 +338,7 @@ impl QueueAdmin for AdminService {
         &self,
         request: Request<QueueIdRequest>,
     ) -> Result<Response<CountReply>, Status> {
+        self.authorize(&request)?;
         let id = request.into_inner().queue_id;
         count(self.queue.delete(checked_id(&id)?), &id)
     }
@@ -319,6 +347,7 @@ impl QueueAdmin for AdminService {
         &self,
         request: Request<QueueIdRequest>,
     ) -> Result<Response<CountReply>, Status> {
+        self.authorize(&request)?;
         let id = request.into_inner().queue_id;
         tracing::info!(queue_id = %id, "bounce requested");
         count(self.queue.bounce(checked_id(&id)?), &id)
@@ -328,6 +357,7 @@ impl QueueAdmin for AdminService {
         &self,
         _request: Request<SummaryRequest>,
     ) -> Result<Response<SummaryReply>, Status> {
+        self.authorize(&_request)?;
         let entries = self.queue.list().map_err(internal)?;
         Ok(Response::new(SummaryReply {
             domains: summarize(&entries, now_secs()),

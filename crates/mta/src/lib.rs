@@ -28,9 +28,11 @@
 //!   `smtp.starttls`; no AUTH) and `grpc.listen` (Queue, QueueAdmin, health,
 //!   reflection), which requires a client certificate signed by the private
 //!   CA (`tls.ca`).
-//! - *Trusts:* holders of a CA-signed certificate on gRPC (the MSA, the
-//!   operator's `mta queue` commands) and the MDA's directory for which local
-//!   addresses exist. It never trusts a client by its IP address.
+//! - *Trusts:* holders of a CA-signed certificate to submit on gRPC (the
+//!   MSA); only its own certificate (the `mta queue` commands run with the
+//!   node's config) for `QueueAdmin` — any other gets PERMISSION_DENIED; the
+//!   MDA's directory for which local addresses exist. It never trusts a
+//!   client by its IP address.
 //! - *Refuses:* relaying — SMTP recipients outside `local_domains` get
 //!   `554 5.7.1 relay access denied`; unknown local users `550 5.1.1`;
 //!   messages with more than 30 `Received:` fields (`554 5.4.6`, loops);

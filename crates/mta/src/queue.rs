@@ -361,6 +361,8 @@ impl Queue {
             }
         }
         self.index.put(&entry)?;
+        // An operator's hold must survive a crash right after the command.
+        self.index.flush()?;
         if !held {
             self.wake.notify_one();
         }

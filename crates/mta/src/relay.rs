@@ -85,6 +85,8 @@ pub struct Relay {
     pub resolver: Arc<dyn Resolver>,
     pub transport: Arc<dyn SmtpTransport>,
     pub port: u16,
+    /// This host's name, to recognise itself among MX hosts.
+    pub hostname: String,
 }
 
 impl Relay {
@@ -103,11 +105,12 @@ impl Relay {
                 .map(|r| (r.clone(), make(reply.clone())))
                 .collect::<Vec<_>>()
         };
-        let targets = match route::route(self.resolver.as_ref(), domain).await {
-            Ok(targets) => targets,
-            Err(RouteError::Permanent(reply)) => return all(Outcome::Failed, reply),
-            Err(RouteError::Temporary(reply)) => return all(Outcome::Deferred, reply),
-        };
+        let targets =
+            match route::route_from(self.resolver.as_ref(), domain, Some(&self.hostname)).await {
+                Ok(targets) => targets,
+                Err(RouteError::Permanent(reply)) => return all(Outcome::Failed, reply),
+                Err(RouteError::Temporary(reply)) => return all(Outcome::Deferred, reply),
+            };
         let mut results = Vec::new();
         let mut remaining: Vec<String> = recipients.to_vec();
         let mut last_temporary = format!("451 4.4.1 no MX host of {domain} reachable");
@@ -223,6 +226,7 @@ mod tests {
             resolver: Arc::new(resolver),
             transport,
             port: 25,
+            hostname: "mx.example.test".into(),
         }
     }
 

@@ -64,6 +64,17 @@ pub enum RouteError {
 /// random order, RFC 5321 5.1), or the domain itself when it has no MX
 /// (the implicit MX). A null MX or NXDOMAIN is a permanent failure.
 pub async fn route(resolver: &dyn Resolver, domain: &str) -> Result<Vec<Target>, RouteError> {
+    route_from(resolver, domain, None).await
+}
+
+/// [`route`] as seen from the host `me`: when `me` is among the MX hosts,
+/// only hosts with a lower preference value are used (RFC 5321 5.1), and
+/// if `me` is the best MX of a domain it does not serve, that is a loop.
+pub async fn route_from(
+    resolver: &dyn Resolver,
+    domain: &str,
+    me: Option<&str>,
+) -> Result<Vec<Target>, RouteError> {
     let records = match resolver.mx(domain).await {
         Ok(records) => records,
         Err(DnsError::NxDomain(_)) => {
@@ -101,6 +112,17 @@ pub async fn route(resolver: &dyn Resolver, domain: &str) -> Result<Vec<Target>,
         };
     }
     order_by_preference(&mut hosts);
+    if let Some(me) = me
+        && let Some(mine) = hosts.iter().find(|h| h.exchange.eq_ignore_ascii_case(me))
+    {
+        let limit = mine.preference;
+        hosts.retain(|h| h.preference < limit);
+        if hosts.is_empty() {
+            return Err(RouteError::Permanent(format!(
+                "554 5.4.6 mail for {domain} loops back to this host (it is the best MX)"
+            )));
+        }
+    }
     let mut targets = Vec::new();
     let mut last_error = None;
     for mx in hosts {
@@ -473,6 +495,27 @@ pub(crate) mod tests {
         assert_eq!(
             targets[0].addrs,
             vec!["127.0.0.13".parse::<IpAddr>().unwrap()]
+        );
+    }
+
+    #[tokio::test]
+    async fn own_mx_entries_cut_the_list() {
+        let r = FakeResolver::default()
+            .with_mx(
+                "d.test",
+                &[(10, "a.d.test"), (20, "me.test"), (30, "c.d.test")],
+            )
+            .with_ip("a.d.test", "192.0.2.1")
+            .with_ip("c.d.test", "192.0.2.3")
+            .with_mx("loop.test", &[(10, "me.test"), (20, "c.d.test")]);
+        let targets = route_from(&r, "d.test", Some("ME.test")).await.unwrap();
+        assert_eq!(hosts(&targets), vec!["a.d.test"]);
+        let err = route_from(&r, "loop.test", Some("me.test"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, RouteError::Permanent(m) if m.starts_with("554 5.4.6")),
+            "{err}"
         );
     }
 }

@@ -12,7 +12,7 @@ use crate::route::{DnsError, HickoryResolver};
 use crate::scheduler::{Limits, Router, Scheduler};
 use correo_proto::admin::queue_admin_server::QueueAdminServer;
 use correo_proto::queue::queue_server::QueueServer;
-use correo_runtime::tls::{TlsError, grpc_server_tls, smtp_server_config};
+use correo_runtime::tls::{TlsError, grpc_server_tls, load_certs, smtp_server_config};
 use correo_smtp::client::ClientConfig;
 use correo_smtp::server::{BareLineEndings, ServerConfig, TlsMode};
 use std::net::SocketAddr;
@@ -66,6 +66,7 @@ pub struct Server {
     queue: Arc<Queue>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    health: tonic_health::server::HealthReporter,
 }
 
 impl Server {
@@ -110,6 +111,7 @@ impl Server {
                 },
             }),
             port: config.relay.port,
+            hostname: config.hostname.clone(),
         };
         let router = Router {
             local_domains: config.local_domains.clone(),
@@ -174,6 +176,11 @@ impl Server {
             addr: config.grpc.listen,
             source,
         })?;
+        let admin_cert = load_certs(&config.tls.cert)?
+            .into_iter()
+            .next()
+            .map(|c| c.as_ref().to_vec())
+            .unwrap_or_default();
         let (reporter, health) = correo_runtime::grpc::health();
         reporter.set_serving::<QueueServer<QueueService>>().await;
         reporter
@@ -193,6 +200,7 @@ impl Server {
             }))
             .add_service(QueueAdminServer::new(AdminService {
                 queue: queue.clone(),
+                admin_cert,
             }));
         let mut grpc_stop = stop_rx.clone();
         tasks.spawn(async move {
@@ -212,6 +220,7 @@ impl Server {
             queue,
             stop,
             tasks,
+            health: reporter,
         })
     }
 
@@ -233,6 +242,13 @@ impl Server {
     /// Stops accepting, lets work in flight finish within the grace time,
     /// flushes the index.
     pub async fn shutdown(mut self) -> Result<(), QueueError> {
+        // Load balancers and the MSA's health checks look elsewhere now.
+        self.health
+            .set_not_serving::<QueueServer<QueueService>>()
+            .await;
+        self.health
+            .set_not_serving::<QueueAdminServer<AdminService>>()
+            .await;
         let _ = self.stop.send(true);
         let drain = async { while self.tasks.join_next().await.is_some() {} };
         // Each task has its own grace; this outer bound only guards a hang.

@@ -265,6 +265,19 @@ async fn submit_delivers_to_the_mda_and_admin_controls_the_queue() {
             .is_some_and(|m| m.recipients[0].attempts == 1)
     })
     .await;
+    // QueueAdmin is for this node's own certificate only, not the MSA's.
+    let tls = grpc_client_tls(&TlsFiles::in_dir(&certs, "msa"), "mta", true).unwrap();
+    let channel = Endpoint::from_shared(format!("https://{}", server.grpc_addr()))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut foreign = correo_proto::admin::queue_admin_client::QueueAdminClient::new(channel);
+    let err = foreign.list(ListQueueRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+
     let mut admin = mta::cli::admin_client(&config, "mta").await.unwrap();
     let list = admin.list(ListQueueRequest {}).await.unwrap().into_inner();
     assert_eq!(list.messages.len(), 1);

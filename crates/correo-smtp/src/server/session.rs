@@ -12,7 +12,7 @@ use super::conn::{Conn, End};
 use super::sasl;
 use super::{AuthMechanism, Envelope, Handler, ServerConfig, SessionInfo, TlsMode};
 use crate::address::Address;
-use crate::reader::{CommandReader, DataReader, LineError};
+use crate::reader::{CommandReader, DataReader, LineError, MAX_AUTH_LINE, MAX_COMMAND_LINE};
 use crate::reply::Reply;
 
 fn is_disconnect(e: &std::io::Error) -> bool {
@@ -453,7 +453,10 @@ where
     /// Sends `334 text` and reads the client's response line; `*` cancels.
     async fn challenge(&mut self, text: &str) -> Result<Result<String, Reply>, End> {
         self.conn.queue(&Reply::new(334, "", text));
-        Ok(match self.read_line().await? {
+        self.reader.set_limit(MAX_AUTH_LINE);
+        let line = self.read_line().await;
+        self.reader.set_limit(MAX_COMMAND_LINE);
+        Ok(match line? {
             Err(e) => Err(e.reply()),
             Ok(line) if line.trim() == "*" => {
                 Err(Reply::new(501, "5.0.0", "authentication cancelled"))
