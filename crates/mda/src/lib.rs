@@ -45,6 +45,8 @@
 //!   look the same, and take the same argon2 work, whether or not the user
 //!   exists. Passwords are never logged or stored; successful checks are
 //!   remembered for a minute under a keyed SHA-256 of the credentials.
+//!   At most twice the CPU count argon2 runs happen at once, so a flood of
+//!   bad logins cannot exhaust memory; TLS handshakes must finish in 10 s.
 //!   `accounts.json` and every message are written with mode 0600, Maildir
 //!   directories with 0700.
 //!
@@ -56,7 +58,7 @@
 //!   delivery), §2.4 (case of local parts); `Delivered-To` as written by
 //!   Postfix local(8) and qmail.
 //! - RFC 5322 (message header fields read for summaries: From, Subject, Date).
-//! - RFC 3463 enhanced status codes (5.1.1, 5.1.2, 5.1.3, 4.3.0, 4.3.1).
+//! - RFC 3463 enhanced status codes (5.1.1, 5.1.2, 5.1.3, 5.3.4, 4.3.0, 4.3.1).
 //! - RFC 9106 (Argon2id), RFC 7617 (HTTP Basic credentials, reused as gRPC
 //!   metadata), gRPC health checking protocol and server reflection.
 

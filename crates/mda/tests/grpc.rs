@@ -20,7 +20,7 @@ use tonic::{Code, Request};
 const MESSAGE: &str = "From: Bob <bob@example.test>\r\nTo: alice@example.test\r\nSubject: Hello Alice\r\nDate: Tue, 1 Dec 2026 08:00:00 +0000\r\nX-Correo-Journey: j-test\r\n\r\nHi!\r\n";
 
 struct Running {
-    _tmp: tempfile::TempDir,
+    tmp: tempfile::TempDir,
     certs: PathBuf,
     data: PathBuf,
     grpc: SocketAddr,
@@ -84,7 +84,7 @@ async fn start() -> Running {
         let _ = stopped.await;
     }));
     Running {
-        _tmp: tmp,
+        tmp,
         certs,
         data,
         grpc,
@@ -471,7 +471,7 @@ async fn directory_answers_and_follows_the_accounts_file() {
     // The CLI adds a user while the server runs; the server notices.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_mda"))
         .args(["--config"])
-        .arg(r._tmp.path().join("mda.toml"))
+        .arg(r.tmp.path().join("mda.toml"))
         .args(["user", "add", "carol@other.test", "--password-stdin"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
