@@ -235,7 +235,7 @@ async fn add_user(self_exe: &Path, mda_config: &Path, address: &str, password: &
     Ok(())
 }
 
-fn random_password() -> String {
+pub(crate) fn random_password() -> String {
     const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
     let mut rng = rand::thread_rng();
     (0..20)

@@ -8,6 +8,10 @@
 //! `correo certs` creates the private CA and the per-role certificates that
 //! secure the gRPC links between roles (mutual TLS).
 //!
+//! `correo probe grpc|smtp …` checks a role's health (container
+//! healthchecks; see `probe.rs`); `correo demo-users` creates demo accounts
+//! that do not exist yet (container init step; see `demo.rs`).
+//!
 //! `correo mda|mta|msa|mua ARGS…` runs one role's own command line from this
 //! binary, so `cargo run -p correo` is all a user has to build. The roles
 //! stay separate processes and separate crates; the launcher only links their
@@ -18,7 +22,9 @@
 //! random, printed once and kept in `<data>/demo-accounts.txt` (mode 0600);
 //! private keys are written with mode 0600.
 
+mod demo;
 mod layout;
+mod probe;
 mod supervisor;
 
 use anyhow::{Context, Result};
@@ -55,6 +61,24 @@ enum Command {
         /// Extra DNS names or IP addresses to put in every role certificate.
         #[arg(long = "host")]
         hosts: Vec<String>,
+    },
+    /// Health probes for container healthchecks (exit 0 = healthy).
+    #[command(subcommand)]
+    Probe(probe::Probe),
+    /// Create demo accounts that do not exist yet (idempotent init step).
+    DemoUsers {
+        /// The MDA's configuration (its data_dir holds accounts.json).
+        #[arg(long)]
+        mda_config: PathBuf,
+        /// Password of every new account; unset = a random one each, printed.
+        #[arg(long, env = "CORREO_DEMO_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+        /// Append `ADDRESS PASSWORD` of new accounts to this file (mode 0600).
+        #[arg(long)]
+        record: Option<PathBuf>,
+        /// Addresses to create.
+        #[arg(required = true)]
+        addresses: Vec<String>,
     },
     /// Run the MDA's command line (e.g. `correo mda --config F user list`).
     #[command(disable_help_flag = true)]
@@ -95,6 +119,18 @@ fn main() -> ExitCode {
         Command::Msa { args } => msa::cli_main(role_args("msa", args)),
         Command::Mua { args } => mua::cli_main(role_args("mua", args)),
         Command::Certs { dir, hosts } => report(certs(&dir, &hosts)),
+        Command::Probe(p) => report(probe::run(p)),
+        Command::DemoUsers {
+            mda_config,
+            password,
+            record,
+            addresses,
+        } => report(demo::run(demo::DemoUsers {
+            mda_config,
+            addresses,
+            password: password.filter(|p| !p.is_empty()),
+            record,
+        })),
         Command::Up { data } => {
             correo_runtime::telemetry::init("correo", correo_runtime::telemetry::LogFormat::Text);
             report(up(data))

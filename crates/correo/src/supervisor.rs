@@ -20,13 +20,13 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub async fn run(self_exe: &Path, stack: &Stack) -> Result<()> {
-    let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     for role in Role::START_ORDER {
         let config = stack.config_path(role);
         let exe = self_exe.to_path_buf();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        tasks.push((role, tokio::spawn(supervise(role, exe, config, stop_rx.clone(), ready_tx))));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tasks.push((role, stop_tx, tokio::spawn(supervise(role, exe, config, stop_rx, ready_tx))));
         match tokio::time::timeout(READY_TIMEOUT, ready_rx).await {
             Ok(Ok(())) => {}
             _ => tracing::warn!(role = role.name(), "not answering yet; continuing"),
@@ -35,9 +35,10 @@ pub async fn run(self_exe: &Path, stack: &Stack) -> Result<()> {
     print_banner(stack);
 
     correo_runtime::shutdown::signal().await;
-    let _ = stop_tx.send(true);
-    // Stop in reverse order: no new mail comes in while the queue drains.
-    for (role, task) in tasks.into_iter().rev() {
+    // Stop one at a time in reverse order: the MSA stops taking mail before
+    // the MTA stops, and the MDA outlives the MTA's last deliveries.
+    for (role, stop_tx, task) in tasks.into_iter().rev() {
+        let _ = stop_tx.send(true);
         if let Err(e) = task.await {
             tracing::error!(role = role.name(), error = %e, "supervisor task failed");
         }
