@@ -63,6 +63,22 @@ pub struct SmtpConfig {
     /// Offer STARTTLS with `[tls].cert`/`key`.
     #[serde(default = "yes")]
     pub starttls: bool,
+    /// Limit for reading one whole command line (idle and slow-drip
+    /// clients get `421 4.4.2`); also bounds the TLS handshake and writes.
+    #[serde(default = "default_command_timeout", with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Limit for the whole DATA phase.
+    #[serde(default = "default_data_timeout", with = "humantime_serde")]
+    pub data_timeout: Duration,
+    /// Wait before the greeting; a client talking during it gets `554 5.5.1`.
+    #[serde(default, with = "humantime_serde")]
+    pub greeting_delay: Duration,
+    /// Sessions at once (0 = unlimited); beyond: `421 4.7.0`.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Sessions at once from one client address (IPv6: /64; 0 = unlimited).
+    #[serde(default = "default_max_connections_per_client")]
+    pub max_connections_per_client: usize,
 }
 
 impl Default for SmtpConfig {
@@ -71,8 +87,26 @@ impl Default for SmtpConfig {
             listen: default_smtp_listen(),
             max_message_size: default_max_message_size(),
             starttls: true,
+            command_timeout: default_command_timeout(),
+            data_timeout: default_data_timeout(),
+            greeting_delay: Duration::ZERO,
+            max_connections: default_max_connections(),
+            max_connections_per_client: default_max_connections_per_client(),
         }
     }
+}
+
+fn default_command_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_data_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_max_connections() -> usize {
+    500
+}
+fn default_max_connections_per_client() -> usize {
+    20
 }
 
 fn default_smtp_listen() -> Vec<SocketAddr> {
@@ -296,6 +330,18 @@ impl Validate for Config {
             return Err(ConfigError::invalid(
                 "smtp.max_message_size",
                 "must be at least 1024",
+            ));
+        }
+        if self.smtp.command_timeout.is_zero() || self.smtp.data_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "smtp.command_timeout",
+                "smtp.command_timeout and smtp.data_timeout must be longer than 0s",
+            ));
+        }
+        if self.smtp.greeting_delay >= self.smtp.command_timeout {
+            return Err(ConfigError::invalid(
+                "smtp.greeting_delay",
+                "must be shorter than smtp.command_timeout",
             ));
         }
         if !self.mda.endpoint.starts_with("https://") {

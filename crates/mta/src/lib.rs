@@ -37,8 +37,10 @@
 //!   `554 5.7.1 relay access denied`; unknown local users `550 5.1.1`;
 //!   messages with more than 30 `Received:` fields (`554 5.4.6`, loops);
 //!   bare CR/LF line endings (smuggling); messages over
-//!   `smtp.max_message_size`. Queue ids are checked to be 16 hex digits
-//!   before they touch a path.
+//!   `smtp.max_message_size`; sessions beyond `smtp.max_connections` (or
+//!   `max_connections_per_client`) get `421 4.7.0`; relaying to a domain
+//!   whose best MX is this host (RFC 5321 5.1 loop). Queue ids are checked
+//!   to be 16 hex digits before they touch a path.
 //! - Outbound STARTTLS is opportunistic and unauthenticated (RFC 7435).
 //!
 //! ## STANDARDS

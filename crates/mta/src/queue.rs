@@ -191,6 +191,28 @@ impl Queue {
         Ok(true)
     }
 
+    /// One pass over the index for the scheduler: the messages that are not
+    /// held and have a recipient due at `now`, and the earliest later
+    /// attempt of any other deferred, unheld recipient.
+    pub fn scan(&self, now: i64) -> Result<(Vec<MessageEntry>, Option<i64>), QueueError> {
+        let _guard = self.lock.lock();
+        let mut due = Vec::new();
+        let mut next: Option<i64> = None;
+        for m in self.index.all()?.into_iter().filter(|m| !m.held) {
+            for r in m
+                .recipients
+                .iter()
+                .filter(|r| r.status == RecipientStatus::Deferred && r.next_attempt > now)
+            {
+                next = Some(next.map_or(r.next_attempt, |n| n.min(r.next_attempt)));
+            }
+            if m.recipients.iter().any(|r| r.is_due(now)) {
+                due.push(m);
+            }
+        }
+        Ok((due, next))
+    }
+
     /// Messages that are not held and have a recipient due at `now`.
     pub fn due(&self, now: i64) -> Result<Vec<MessageEntry>, QueueError> {
         let _guard = self.lock.lock();
@@ -551,6 +573,9 @@ mod tests {
         assert!((1154..=1166).contains(&e.recipients[0].next_attempt));
         assert!(q.due(1100).unwrap().is_empty());
         assert_eq!(q.next_wakeup().unwrap(), Some(e.recipients[0].next_attempt));
+        let (due, next) = q.scan(1100).unwrap();
+        assert!(due.is_empty());
+        assert_eq!(next, Some(e.recipients[0].next_attempt));
         // retry makes it due now.
         assert_eq!(q.retry_now(Some(id.as_str())).unwrap(), Some(1));
         assert_eq!(q.due(1100).unwrap().len(), 1);

@@ -170,7 +170,18 @@ impl HickoryResolver {
             reason: e.to_string(),
         };
         let builder = if nameservers.is_empty() {
-            TokioResolver::builder_tokio().map_err(to_err)?
+            match TokioResolver::builder_tokio() {
+                Ok(builder) => builder,
+                Err(e) => {
+                    // Local delivery must not depend on /etc/resolv.conf:
+                    // start anyway; relay lookups then fail temporarily.
+                    tracing::warn!(error = %e, "no usable system DNS configuration; remote domains will be deferred");
+                    TokioResolver::builder_with_config(
+                        ResolverConfig::from_name_servers(Vec::new()),
+                        TokioRuntimeProvider::default(),
+                    )
+                }
+            }
         } else {
             let servers = nameservers
                 .iter()
@@ -517,5 +528,21 @@ pub(crate) mod tests {
             matches!(&err, RouteError::Permanent(m) if m.starts_with("554 5.4.6")),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_resolver_without_nameservers_defers() {
+        let resolver = HickoryResolver {
+            inner: TokioResolver::builder_with_config(
+                ResolverConfig::from_name_servers(Vec::new()),
+                TokioRuntimeProvider::default(),
+            )
+            .build()
+            .unwrap(),
+        };
+        assert!(matches!(
+            route(&resolver, "d.test").await,
+            Err(RouteError::Temporary(_))
+        ));
     }
 }

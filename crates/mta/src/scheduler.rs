@@ -123,13 +123,21 @@ impl Scheduler {
             if *shutdown.borrow() {
                 break;
             }
-            self.dispatch(&mut tasks);
-            let idle = self.idle_time();
+            // At full capacity only a finished job can change anything:
+            // skip the index scan until one does.
+            let idle = if self.global.available_permits() > 0 {
+                let next = self.dispatch(&mut tasks);
+                let wait = next.map_or(MAX_IDLE.as_secs() as i64, |at| at - now_secs());
+                Duration::from_secs(wait.clamp(1, MAX_IDLE.as_secs() as i64) as u64)
+            } else {
+                MAX_IDLE
+            };
             tokio::select! {
                 _ = self.queue.wake.notified() => {}
                 _ = tokio::time::sleep(idle) => {}
                 Some(_) = tasks.join_next() => {}
-                _ = shutdown.changed() => {}
+                // A dropped sender means the server is gone: stop too.
+                changed = shutdown.changed() => if changed.is_err() { break },
             }
         }
         if !tasks.is_empty() {
@@ -142,26 +150,17 @@ impl Scheduler {
         }
     }
 
-    fn idle_time(&self) -> Duration {
-        match self.queue.next_wakeup() {
-            Ok(Some(at)) => Duration::from_secs(
-                at.saturating_sub(now_secs())
-                    .clamp(1, MAX_IDLE.as_secs() as i64) as u64,
-            ),
-            _ => MAX_IDLE,
-        }
-    }
-
-    /// Starts every due job the limits allow.
-    pub fn dispatch(&self, tasks: &mut JoinSet<()>) {
+    /// Starts every due job the limits allow. Returns when the next
+    /// deferred recipient falls due, if any.
+    pub fn dispatch(&self, tasks: &mut JoinSet<()>) -> Option<i64> {
         let now = now_secs();
         let instant = Instant::now();
         self.cooldown.lock().retain(|_, until| *until > instant);
-        let due = match self.queue.due(now) {
-            Ok(due) => due,
+        let (due, next) = match self.queue.scan(now) {
+            Ok(scan) => scan,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the queue index");
-                return;
+                return None;
             }
         };
         for message in due {
@@ -183,7 +182,7 @@ impl Scheduler {
                     continue;
                 }
                 let Ok(global) = self.global.clone().try_acquire_owned() else {
-                    return; // Everything is busy; finished jobs wake us.
+                    return next; // Everything is busy; finished jobs wake us.
                 };
                 let Ok(local) = self.domain_semaphore(&domain).try_acquire_owned() else {
                     continue;
@@ -217,6 +216,7 @@ impl Scheduler {
         self.per_domain
             .lock()
             .retain(|_, s| s.available_permits() < per_destination);
+        next
     }
 
     fn domain_semaphore(&self, domain: &str) -> Arc<Semaphore> {

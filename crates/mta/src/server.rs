@@ -14,7 +14,7 @@ use correo_proto::admin::queue_admin_server::QueueAdminServer;
 use correo_proto::queue::queue_server::QueueServer;
 use correo_runtime::tls::{TlsError, grpc_server_tls, load_certs, smtp_server_config};
 use correo_smtp::client::ClientConfig;
-use correo_smtp::server::{BareLineEndings, ServerConfig, TlsMode};
+use correo_smtp::server::{BareLineEndings, ConnectionLimiter, ServerConfig, TlsMode};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -132,6 +132,13 @@ impl Server {
         let mut smtp = ServerConfig::new(config.hostname.clone());
         smtp.max_message_size = config.smtp.max_message_size;
         smtp.bare_line_endings = BareLineEndings::Reject;
+        smtp.command_timeout = config.smtp.command_timeout;
+        smtp.data_timeout = config.smtp.data_timeout;
+        smtp.greeting_delay = config.smtp.greeting_delay;
+        let limiter = ConnectionLimiter::new(
+            config.smtp.max_connections,
+            config.smtp.max_connections_per_client,
+        );
         if config.smtp.starttls {
             smtp.tls = Some(smtp_server_config(&config.tls.cert, &config.tls.key)?);
             smtp.tls_mode = TlsMode::StartTls;
@@ -161,6 +168,7 @@ impl Server {
                 listener,
                 smtp.clone(),
                 inbound.clone(),
+                limiter.clone(),
                 stop_rx.clone(),
             ));
         }
@@ -274,6 +282,7 @@ async fn accept_loop(
     listener: TcpListener,
     config: Arc<ServerConfig>,
     inbound: Arc<Inbound>,
+    limiter: Arc<ConnectionLimiter>,
     stop: watch::Receiver<bool>,
 ) {
     let mut sessions = JoinSet::new();
@@ -287,6 +296,17 @@ async fn accept_loop(
                         Err(_) => continue,
                     };
                     let config = config.clone();
+                    let permit = match limiter.try_acquire(peer.ip()) {
+                        Ok(permit) => permit,
+                        Err(over) => {
+                            tracing::warn!(%peer, limit = %over, "connection refused");
+                            let reply = over.reply(&config.hostname);
+                            sessions.spawn(async move {
+                                let _ = correo_smtp::server::refuse(stream, &config, &reply).await;
+                            });
+                            continue;
+                        }
+                    };
                     let busy = Arc::new(AtomicBool::new(false));
                     let handler = InboundHandler::with_busy_flag(inbound.clone(), busy.clone());
                     let mut session_stop = stop.clone();
@@ -302,6 +322,7 @@ async fn accept_loop(
                                     tokio::time::sleep(Duration::from_millis(50)).await;
                                 }
                             };
+                            let _permit = permit;
                             tracing::debug!("session opened");
                             if let Err(e) = correo_smtp::server::serve(stream, peer, local, config, handler, signal).await {
                                 tracing::debug!(error = %e, "session ended with an error");

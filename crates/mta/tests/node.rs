@@ -44,7 +44,15 @@ impl Delivery for FakeMda {
         while let Some(chunk) = stream.message().await? {
             match chunk.part {
                 Some(deliver_chunk::Part::Envelope(e)) => envelope = Some(e),
-                Some(deliver_chunk::Part::Data(d)) => data.extend_from_slice(&d),
+                Some(deliver_chunk::Part::Data(d)) => {
+                    // The MTA streams in CHUNK_SIZE slices.
+                    assert!(
+                        d.len() <= correo_proto::CHUNK_SIZE,
+                        "chunk of {} octets",
+                        d.len()
+                    );
+                    data.extend_from_slice(&d)
+                }
                 None => {}
             }
         }
@@ -698,4 +706,42 @@ async fn shutdown_lets_a_transaction_in_progress_finish() {
     stopping.await.unwrap().unwrap();
     // Accepted means on disk.
     assert!(dir.path().join("data/spool/active").join(&id).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_messages_are_streamed_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    make_certs(&certs);
+    let (mda_addr, delivered) = start_fake_mda(&certs).await;
+    let server = Server::start(config(dir.path(), mda_addr)).await.unwrap();
+    let mut client = msa_client(&certs, server.grpc_addr(), true).await.unwrap();
+    let mut body = b"Subject: big\r\n\r\n".to_vec();
+    for i in 0..20_000 {
+        body.extend_from_slice(format!("line {i:06} of a large message body\r\n").as_bytes());
+    }
+    let mut chunks = vec![SubmitChunk {
+        part: Some(submit_chunk::Part::Envelope(Envelope {
+            sender: String::new(),
+            recipients: vec!["alice@example.test".into()],
+            authenticated_user: String::new(),
+            journey_id: String::new(),
+            size_hint: body.len() as u64,
+        })),
+    }];
+    chunks.extend(body.chunks(64 * 1024).map(|c| SubmitChunk {
+        part: Some(submit_chunk::Part::Data(c.to_vec())),
+    }));
+    let mut request = tonic::Request::new(tokio_stream::iter(chunks));
+    request
+        .metadata_mut()
+        .insert("x-correo-journey", "from-metadata".parse().unwrap());
+    client.submit(request).await.unwrap();
+    eventually(|| !delivered.lock().unwrap().is_empty()).await;
+    let (envelope, data) = delivered.lock().unwrap()[0].clone();
+    assert_eq!(envelope.sender, "", "null sender kept");
+    assert_eq!(envelope.journey_id, "from-metadata");
+    assert!(data.len() > 700_000);
+    assert!(data.ends_with(&body), "message body intact");
+    server.shutdown().await.unwrap();
 }
