@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["queue.proto", "directory.proto", "delivery.proto", "mailbox.proto", "admin.proto"];
+    let files = ["queue.proto", "directory.proto", "delivery.proto", "mailbox.proto", "admin.proto", "journey.proto"];
     let paths: Vec<PathBuf> = files.iter().map(|f| proto_dir.join(f)).collect();
     for path in &paths {
         println!("cargo:rerun-if-changed={}", path.display());

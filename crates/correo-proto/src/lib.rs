@@ -11,6 +11,7 @@
 //! | [`directory`] | `Directory` | mda | msa, mta |
 //! | [`delivery`] | `Delivery.Deliver` | mda | mta |
 //! | [`mailbox`] | `Mailbox` | mda | mua |
+//! | [`journey`] | `Journey.Events` | msa, mta, mda | `correo journey …` |
 
 /// `correo.queue.v1`: the MTA's intake.
 pub mod queue {
@@ -35,6 +36,11 @@ pub mod delivery {
 /// `correo.mailbox.v1`: a user's mailbox for the MUA.
 pub mod mailbox {
     tonic::include_proto!("correo.mailbox.v1");
+}
+
+/// `correo.journey.v1`: each role's record of the messages it handled.
+pub mod journey {
+    tonic::include_proto!("correo.journey.v1");
 }
 
 /// Encoded `FileDescriptorSet` of every Correo service, for gRPC server reflection.

@@ -4,7 +4,9 @@
 //! file plus environment overrides and validated at start-up ([`config`]),
 //! structured logs ([`telemetry`]), TLS and the private CA that secures the
 //! gRPC links between roles ([`tls`], [`pki`]), gRPC health and reflection
-//! ([`grpc`]) and signal handling ([`shutdown`]).
+//! ([`grpc`]), signal handling ([`shutdown`]), Prometheus metrics
+//! ([`metrics`], `docs/METRICS.md`) and the journey records of each message
+//! ([`journey`], `docs/JOURNEY.md`).
 //!
 //! It knows nothing of SMTP or of any role; roles depend on it, never the
 //! other way round.
@@ -18,6 +20,8 @@
 
 pub mod config;
 pub mod grpc;
+pub mod journey;
+pub mod metrics;
 pub mod pki;
 pub mod shutdown;
 pub mod telemetry;

@@ -1,9 +1,16 @@
 //! Structured logs with tracing. `RUST_LOG` (or `CORREO_LOG`) selects the
-//! level; `json = true` switches to one JSON object per line, for log
-//! collectors. Log lines about a message carry its `queue_id` and
-//! `journey` fields.
+//! level; `log_format = "json"` switches to one JSON object per line, for
+//! log collectors. Log lines about a message carry its `queue_id` and
+//! `journey` fields (on the line itself or on its span; in JSON, spans are
+//! listed under `spans`).
+//!
+//! Beside the log output, the [`crate::journey`] layer records every line
+//! that has a `journey_event` field as a journey event, whatever the log
+//! level.
 
-use tracing_subscriber::{EnvFilter, fmt};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, fmt};
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -22,15 +29,21 @@ pub fn init(role: &str, format: LogFormat) {
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| "info".to_string());
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    let builder = fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    let result = match format {
-        LogFormat::Json => builder.json().with_current_span(false).try_init(),
-        LogFormat::Text => builder.with_target(false).try_init(),
+    let output = match format {
+        LogFormat::Json => fmt::layer()
+            .json()
+            .with_current_span(false)
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Text => fmt::layer()
+            .with_target(false)
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
+    let result = tracing_subscriber::registry()
+        .with(output.with_filter(filter))
+        .with(crate::journey::layer())
+        .try_init();
     if result.is_ok() {
         tracing::debug!(role, "telemetry initialised");
     }

@@ -76,6 +76,7 @@ pub mod client;
 pub mod reader;
 pub mod received;
 pub mod reply;
+pub mod scram;
 pub mod server;
 mod tls;
 

@@ -31,16 +31,25 @@ pub fn run(d: DemoUsers) -> Result<()> {
         .output()
         .context("run `mda user list`")?;
     if !out.status.success() {
-        bail!("`mda user list` failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "`mda user list` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     let listed = String::from_utf8_lossy(&out.stdout).into_owned();
-    let existing: Vec<&str> = listed.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    let existing: Vec<&str> = listed
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
     for address in &d.addresses {
         if existing.iter().any(|e| e.eq_ignore_ascii_case(address)) {
             println!("{address} exists");
             continue;
         }
-        let password = d.password.clone().unwrap_or_else(crate::layout::random_password);
+        let password = d
+            .password
+            .clone()
+            .unwrap_or_else(crate::layout::random_password);
         let mut child = mda(&self_exe, &d.mda_config)
             .args(["user", "add", address, "--password-stdin"])
             .stdin(Stdio::piped())

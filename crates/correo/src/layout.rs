@@ -127,7 +127,8 @@ impl Stack {
             "# MDA of the embedded default stack (see docs/ARCHITECTURE.md)\n\
              data_dir = \"{data}/mda\"\nhostname = \"mda.{DOMAIN}\"\n\n\
              [grpc]\nlisten = \"127.0.0.1:{grpc}\"\n\n\
-             [mailbox]\nlisten = \"127.0.0.1:{mailbox}\"\n\n{tls}",
+             [mailbox]\nlisten = \"127.0.0.1:{mailbox}\"\n\n\
+             [metrics]\nlisten = \"127.0.0.1:2782\"\n\n{tls}",
             data = self.data.display(),
             grpc = PORTS.mda_grpc,
             mailbox = PORTS.mailbox,
@@ -142,7 +143,8 @@ impl Stack {
              [smtp]\nlisten = [\"127.0.0.1:{smtp}\"]\nstarttls = true\n\n\
              [grpc]\nlisten = \"127.0.0.1:{grpc}\"\n\n{tls}\n\
              [mda]\nendpoint = \"https://127.0.0.1:{mda}\"\nserver_name = \"mda\"\n\n\
-             [dns]\n# empty: the system resolver\nnameservers = []\n",
+             [dns]\n# empty: the system resolver\nnameservers = []\n\n\
+             [metrics]\nlisten = \"127.0.0.1:2781\"\n",
             data = self.data.display(),
             smtp = PORTS.inbound_smtp,
             grpc = PORTS.mta_grpc,
@@ -157,7 +159,12 @@ impl Stack {
              hostname = \"msa.{DOMAIN}\"\n\n\
              [submission]\nstarttls_listen = [\"127.0.0.1:{starttls}\"]\ntls_listen = [\"127.0.0.1:{tls_port}\"]\n\n{tls}\n\
              [directory]\nendpoint = \"https://127.0.0.1:{mda}\"\nserver_name = \"mda\"\n\n\
-             [mta]\nendpoints = [\"127.0.0.1:{mta}\"]\nserver_name = \"mta\"\n",
+             [mta]\nendpoints = [\"127.0.0.1:{mta}\"]\nserver_name = \"mta\"\n\n\
+             # health, reflection and Journey for operators (mutual TLS)\n\
+             [grpc]\nlisten = \"127.0.0.1:2703\"\n\n\
+             [metrics]\nlisten = \"127.0.0.1:2783\"\n\n\
+             [journey]\nlog = \"{data}/msa/journey.log\"\n",
+            data = self.data.display(),
             starttls = PORTS.submission_starttls,
             tls_port = PORTS.submission_tls,
             mda = PORTS.mda_grpc,

@@ -12,6 +12,10 @@
 //! healthchecks; see `probe.rs`); `correo demo-users` creates demo accounts
 //! that do not exist yet (container init step; see `demo.rs`).
 //!
+//! `correo journey ID` shows one message's journey: each role's own record
+//! (the `Journey` gRPC service) and the delivered message's `Received:`
+//! fields (see `journey.rs`, docs/JOURNEY.md).
+//!
 //! `correo mda|mta|msa|mua ARGS…` runs one role's own command line from this
 //! binary, so `cargo run -p correo` is all a user has to build. The roles
 //! stay separate processes and separate crates; the launcher only links their
@@ -23,6 +27,7 @@
 //! private keys are written with mode 0600.
 
 mod demo;
+mod journey;
 mod layout;
 mod probe;
 mod supervisor;
@@ -38,7 +43,7 @@ use std::process::ExitCode;
     name = "correo",
     version,
     about = "Correo mail system: launcher and role dispatcher",
-    after_help = "Examples:\n  correo up                      # whole stack under ./var\n  correo up --data /tmp/correo   # elsewhere\n  correo certs --dir var/certs   # CA and role certificates only\n  correo mua --profile var/mua/alice.toml list"
+    after_help = "Examples:\n  correo up                      # whole stack under ./var\n  correo up --data /tmp/correo   # elsewhere\n  correo certs --dir var/certs   # CA and role certificates only\n  correo mua --profile var/mua/alice.toml list\n  correo journey JOURNEY-ID      # the hops of one message"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -62,6 +67,8 @@ enum Command {
         #[arg(long = "host")]
         hosts: Vec<String>,
     },
+    /// Show a message's journey: every hop, role and node, TLS, MX, retries.
+    Journey(journey::JourneyArgs),
     /// Health probes for container healthchecks (exit 0 = healthy).
     #[command(subcommand)]
     Probe(probe::Probe),
@@ -120,6 +127,7 @@ fn main() -> ExitCode {
         Command::Mua { args } => mua::cli_main(role_args("mua", args)),
         Command::Certs { dir, hosts } => report(certs(&dir, &hosts)),
         Command::Probe(p) => report(probe::run(p)),
+        Command::Journey(args) => report(journey::run(args)),
         Command::DemoUsers {
             mda_config,
             password,

@@ -78,11 +78,17 @@ pub fn run(probe: Probe) -> Result<()> {
     })
 }
 
-async fn grpc(url: &str, files: &correo_runtime::tls::TlsFiles, server_name: &str, service: &str) -> Result<()> {
+async fn grpc(
+    url: &str,
+    files: &correo_runtime::tls::TlsFiles,
+    server_name: &str,
+    service: &str,
+) -> Result<()> {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
-    let tls = correo_runtime::tls::grpc_client_tls(files, server_name, true).context("client TLS")?;
+    let tls =
+        correo_runtime::tls::grpc_client_tls(files, server_name, true).context("client TLS")?;
     let channel = tonic::transport::Endpoint::from_shared(url.to_string())
         .with_context(|| format!("bad URL {url}"))?
         .tls_config(tls)
@@ -99,7 +105,9 @@ async fn grpc(url: &str, files: &correo_runtime::tls::TlsFiles, server_name: &st
         .into_inner()
         .status;
     if status != ServingStatus::Serving as i32 {
-        let name = ServingStatus::try_from(status).map(|s| s.as_str_name()).unwrap_or("unknown");
+        let name = ServingStatus::try_from(status)
+            .map(|s| s.as_str_name())
+            .unwrap_or("unknown");
         bail!("{url}: {name}");
     }
     println!("{url}: SERVING");

@@ -60,11 +60,25 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AccountsError + '_ {
     }
 }
 
-/// One user: its password, as an argon2id PHC string.
+/// One user: its password, as an argon2id PHC string, and (accounts
+/// created since SCRAM support) its SCRAM-SHA-256 verifier.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct User {
     pub password_hash: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scram: Option<ScramVerifier>,
+}
+
+/// RFC 5802 section 3 verifier, base64 fields as in the SCRAM messages.
+/// Derived from the password at `user add` time; never the password.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScramVerifier {
+    pub salt: String,
+    pub iterations: u32,
+    pub stored_key: String,
+    pub server_key: String,
 }
 
 /// The whole directory, as stored in `accounts.json`.
@@ -138,7 +152,27 @@ impl Accounts {
             return Err(AccountsError::IsAlias(address));
         }
         self.domains.insert(address.domain().to_string());
-        self.users.insert(address, User { password_hash });
+        self.users.insert(
+            address,
+            User {
+                password_hash,
+                scram: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// Stores the SCRAM-SHA-256 verifier of an existing user.
+    pub fn set_scram(
+        &mut self,
+        address: &Address,
+        verifier: ScramVerifier,
+    ) -> Result<(), AccountsError> {
+        let user = self
+            .users
+            .get_mut(address)
+            .ok_or_else(|| AccountsError::NoSuchUser(address.clone()))?;
+        user.scram = Some(verifier);
         Ok(())
     }
 

@@ -44,6 +44,19 @@ pub fn hash_password(password: &str) -> Result<String, HashError> {
         .map_err(|e| HashError(e.to_string()))
 }
 
+/// A SCRAM-SHA-256 verifier for `password` (fresh salt), for storage.
+pub fn scram_verifier(password: &str) -> crate::accounts::ScramVerifier {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let c = correo_smtp::scram::new_credentials(password);
+    crate::accounts::ScramVerifier {
+        salt: b64.encode(&c.salt),
+        iterations: c.iterations,
+        stored_key: b64.encode(c.stored_key),
+        server_key: b64.encode(c.server_key),
+    }
+}
+
 /// Checks a password against a PHC string; a malformed hash never matches.
 pub fn verify_password(hash: &str, password: &str) -> bool {
     match PasswordHash::new(hash) {

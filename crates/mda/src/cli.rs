@@ -176,8 +176,12 @@ fn user_add(accounts: &AccountsFile, address: &str, password_stdin: bool) -> any
     let password = read_password(&address, password_stdin)?;
     // Hash outside the lock: argon2 is slow on purpose.
     let hash = crate::auth::hash_password(&password)?;
+    let scram = crate::auth::scram_verifier(&password);
     accounts
-        .update(|acc| acc.add_user(address.clone(), hash))
+        .update(|acc| {
+            acc.add_user(address.clone(), hash)?;
+            acc.set_scram(&address, scram)
+        })
         .with_context(|| format!("cannot update {}", accounts.path().display()))?;
     println!("user {address} added");
     Ok(())

@@ -29,6 +29,9 @@ pub struct Config {
     pub mailbox: Mailbox,
     #[serde(default = "default_tls")]
     pub tls: TlsFiles,
+    /// `[metrics] listen`: the Prometheus `/metrics` endpoint; none when absent.
+    #[serde(default)]
+    pub metrics: correo_runtime::metrics::MetricsConfig,
 }
 
 /// The internal listener: Delivery, Directory, health, reflection (mTLS).

@@ -247,6 +247,8 @@ impl DeliveryService {
                         rcpt = %address,
                         user = %user,
                         id = %delivered.summary.id,
+                        journey_event = "stored",
+                        received = %correo_runtime::journey::received_json(&message),
                         "delivered"
                     );
                     // Nobody watching is fine: the message is in the Maildir either way.
@@ -279,14 +281,17 @@ impl DeliveryService {
     ) -> Result<crate::maildir::Delivered, MaildirError> {
         let store = self.state.store.clone();
         let (user, sender) = (user.clone(), sender.to_string());
-        tokio::task::spawn_blocking(move || store.deliver(&user, &sender, &user, &message))
+        let started = std::time::Instant::now();
+        let result = tokio::task::spawn_blocking(move || store.deliver(&user, &sender, &user, &message))
             .await
             .unwrap_or_else(|join| {
                 Err(MaildirError::Io {
                     path: Default::default(),
                     source: std::io::Error::other(join.to_string()),
                 })
-            })
+            });
+        correo_runtime::metrics::mda_write(result.is_ok(), started.elapsed());
+        result
     }
 }
 

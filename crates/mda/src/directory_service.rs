@@ -6,7 +6,7 @@ use crate::state::State;
 use correo_proto::directory::directory_server::Directory;
 use correo_proto::directory::{
     AuthenticateReply, AuthenticateRequest, CheckRecipientReply, CheckRecipientRequest,
-    ListDomainsReply, ListDomainsRequest,
+    GetScramCredentialsReply, GetScramCredentialsRequest, ListDomainsReply, ListDomainsRequest,
 };
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -48,6 +48,34 @@ impl Directory for DirectoryService {
             }
         };
         Ok(Response::new(reply))
+    }
+
+    async fn get_scram_credentials(
+        &self,
+        request: Request<GetScramCredentialsRequest>,
+    ) -> Result<Response<GetScramCredentialsReply>, Status> {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let req = request.into_inner();
+        let accounts = self.state.directory.snapshot();
+        let found = Address::parse(&req.username).ok().and_then(|a| {
+            let (user, u) = accounts.users.get_key_value(&a)?;
+            let v = u.scram.as_ref()?;
+            Some(GetScramCredentialsReply {
+                found: true,
+                user: user.to_string(),
+                addresses: std::iter::once(user.to_string())
+                    .chain(accounts.aliases_of(user).iter().map(ToString::to_string))
+                    .collect(),
+                salt: b64.decode(&v.salt).ok()?,
+                iterations: v.iterations,
+                stored_key: b64.decode(&v.stored_key).ok()?,
+                server_key: b64.decode(&v.server_key).ok()?,
+            })
+        });
+        // Never log the verifier; the username is the caller's input.
+        tracing::debug!(username = ?req.username, client = %req.client_address, found = found.is_some(), "SCRAM verifier requested");
+        Ok(Response::new(found.unwrap_or_default()))
     }
 
     async fn check_recipient(

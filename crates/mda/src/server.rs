@@ -70,6 +70,8 @@ pub struct Mda {
     mailbox: TcpListener,
     grpc_tls: ServerTlsConfig,
     mailbox_tls: ServerTlsConfig,
+    /// The `/metrics` endpoint, when `metrics.listen` is set.
+    _metrics: Option<correo_runtime::metrics::MetricsServer>,
 }
 
 impl std::fmt::Debug for Mda {
@@ -143,12 +145,25 @@ impl Mda {
         };
         let grpc = bind("grpc.listen", config.grpc.listen).await?;
         let mailbox = bind("mailbox.listen", config.mailbox.listen).await?;
+        correo_runtime::journey::init(
+            "mda",
+            &config.hostname,
+            Some(&correo_runtime::journey::default_log(&config.data_dir)),
+        );
+        let metrics = correo_runtime::metrics::start(&config.metrics, "mda")
+            .await
+            .map_err(|source| ServeError::Bind {
+                key: "metrics.listen",
+                addr: config.metrics.listen.unwrap_or(config.grpc.listen),
+                source,
+            })?;
         Ok(Mda {
             state,
             grpc,
             mailbox,
             grpc_tls,
             mailbox_tls,
+            _metrics: metrics,
         })
     }
 
@@ -200,6 +215,7 @@ impl Mda {
             })?
             .add_service(health)
             .add_service(reflection)
+            .add_service(correo_runtime::journey::service())
             .add_service(DeliveryServer::new(DeliveryService::new(Arc::clone(
                 &self.state,
             ))))

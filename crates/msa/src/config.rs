@@ -31,6 +31,52 @@ pub struct Config {
     pub directory: DirectoryConfig,
     #[serde(default)]
     pub mta: MtaConfig,
+    #[serde(default)]
+    pub login_throttle: LoginThrottleConfig,
+    /// `[grpc] listen`: health, reflection and Journey (mutual TLS); none when absent.
+    #[serde(default)]
+    pub grpc: Option<correo_runtime::grpc::OperatorGrpcConfig>,
+    /// `[metrics] listen`: the Prometheus `/metrics` endpoint; none when absent.
+    #[serde(default)]
+    pub metrics: correo_runtime::metrics::MetricsConfig,
+    /// `[journey] log`: the journey event log file; in memory only when absent.
+    #[serde(default)]
+    pub journey: correo_runtime::journey::JourneyConfig,
+}
+
+/// `[login_throttle]`: failed AUTH attempts allowed per sliding window;
+/// beyond them `421 4.7.0` and close (see [`crate::throttle`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginThrottleConfig {
+    #[serde(default = "default_throttle_window", with = "humantime_serde")]
+    pub window: Duration,
+    /// Per client address (IPv6: per /64); 0 = unlimited.
+    #[serde(default = "default_failures_per_client")]
+    pub max_failures_per_client: usize,
+    /// Per account, from any address; 0 = unlimited.
+    #[serde(default = "default_failures_per_account")]
+    pub max_failures_per_account: usize,
+}
+
+fn default_throttle_window() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_failures_per_client() -> usize {
+    10
+}
+fn default_failures_per_account() -> usize {
+    5
+}
+
+impl Default for LoginThrottleConfig {
+    fn default() -> Self {
+        LoginThrottleConfig {
+            window: default_throttle_window(),
+            max_failures_per_client: default_failures_per_client(),
+            max_failures_per_account: default_failures_per_account(),
+        }
+    }
 }
 
 /// `[submission]`: the SMTP listeners facing mail user agents.
@@ -52,6 +98,25 @@ pub struct SubmissionConfig {
     /// How long running sessions may go on after SIGTERM before they are told 421.
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Limit for reading one whole command line (idle and slow-drip
+    /// clients get `421 4.4.2`); also bounds the TLS handshake and writes.
+    #[serde(default = "default_command_timeout", with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Limit for the whole DATA phase.
+    #[serde(default = "default_data_timeout", with = "humantime_serde")]
+    pub data_timeout: Duration,
+    /// Wait before the greeting; a client talking during it gets `554 5.5.1`.
+    #[serde(default, with = "humantime_serde")]
+    pub greeting_delay: Duration,
+    /// Client mistakes before `421 4.7.0` and close.
+    #[serde(default = "default_max_errors")]
+    pub max_errors: usize,
+    /// Sessions at once over all listeners (0 = unlimited); beyond: `421 4.7.0`.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Sessions at once from one client address (IPv6: /64; 0 = unlimited).
+    #[serde(default = "default_max_connections_per_client")]
+    pub max_connections_per_client: usize,
 }
 
 /// `[directory]`: the MDA's Directory service, for AUTH.
@@ -105,6 +170,21 @@ fn default_max_recipients() -> usize {
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(30)
 }
+fn default_command_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_data_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_max_errors() -> usize {
+    10
+}
+fn default_max_connections() -> usize {
+    500
+}
+fn default_max_connections_per_client() -> usize {
+    20
+}
 fn default_directory_endpoint() -> String {
     "https://127.0.0.1:7101".into()
 }
@@ -138,6 +218,12 @@ impl Default for SubmissionConfig {
             max_message_size: default_max_message_size(),
             max_recipients: default_max_recipients(),
             shutdown_timeout: default_shutdown_timeout(),
+            command_timeout: default_command_timeout(),
+            data_timeout: default_data_timeout(),
+            greeting_delay: Duration::ZERO,
+            max_errors: default_max_errors(),
+            max_connections: default_max_connections(),
+            max_connections_per_client: default_max_connections_per_client(),
         }
     }
 }
@@ -303,6 +389,18 @@ impl Validate for Config {
             ));
         }
         nonzero("submission.shutdown_timeout", s.shutdown_timeout)?;
+        nonzero("submission.command_timeout", s.command_timeout)?;
+        nonzero("submission.data_timeout", s.data_timeout)?;
+        if s.max_errors == 0 {
+            return Err(ConfigError::invalid("submission.max_errors", "must be at least 1"));
+        }
+        if s.greeting_delay >= s.command_timeout {
+            return Err(ConfigError::invalid(
+                "submission.greeting_delay",
+                "must be shorter than submission.command_timeout",
+            ));
+        }
+        nonzero("login_throttle.window", self.login_throttle.window)?;
 
         let d = &self.directory;
         match d.endpoint.parse::<tonic::transport::Uri>() {

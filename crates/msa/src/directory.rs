@@ -4,7 +4,8 @@
 //! which also says which sender addresses the user may use.
 
 use crate::validate::Identity;
-use correo_proto::directory::AuthenticateRequest;
+use correo_proto::directory::{AuthenticateRequest, GetScramCredentialsRequest};
+use correo_smtp::scram::{MAX_ITERATIONS, ScramCredentials};
 use correo_proto::directory::directory_client::DirectoryClient;
 use std::time::Duration;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
@@ -79,5 +80,54 @@ impl Directory {
         // The canonical address is the user's own even if the list forgets it.
         let addresses = std::iter::once(user.clone()).chain(reply.addresses);
         Ok(Some(Identity::new(user, addresses)))
+    }
+
+    /// The SCRAM-SHA-256 verifier of `username` and the identity it
+    /// authenticates as once the proof matched. `Ok(None)`: unknown user
+    /// or no verifier stored (or a malformed one).
+    pub async fn scram_credentials(
+        &self,
+        username: &str,
+        client_address: &str,
+    ) -> Result<Option<(ScramCredentials, Identity)>, DirectoryError> {
+        let request = GetScramCredentialsRequest {
+            username: username.to_string(),
+            client_address: client_address.to_string(),
+        };
+        let reply = match self.client.clone().get_scram_credentials(request).await {
+            Ok(r) => r.into_inner(),
+            Err(status) if status.code() == tonic::Code::InvalidArgument => return Ok(None),
+            Err(status) => {
+                return Err(DirectoryError::Unavailable(format!(
+                    "{:?}: {}",
+                    status.code(),
+                    status.message()
+                )));
+            }
+        };
+        if !reply.found || reply.iterations == 0 || reply.iterations > MAX_ITERATIONS {
+            return Ok(None);
+        }
+        let (Ok(stored_key), Ok(server_key)) = (
+            <[u8; 32]>::try_from(reply.stored_key.as_slice()),
+            <[u8; 32]>::try_from(reply.server_key.as_slice()),
+        ) else {
+            return Ok(None);
+        };
+        let user = if reply.user.is_empty() {
+            username.to_string()
+        } else {
+            reply.user
+        };
+        let addresses = std::iter::once(user.clone()).chain(reply.addresses);
+        Ok(Some((
+            ScramCredentials {
+                salt: reply.salt,
+                iterations: reply.iterations,
+                stored_key,
+                server_key,
+            },
+            Identity::new(user, addresses),
+        )))
     }
 }

@@ -5,6 +5,7 @@ use crate::directory::Directory;
 use crate::mta_pool::MtaPool;
 use crate::prepare::{self, Submission};
 use crate::submit::{self, SubmitError};
+use crate::throttle::{LoginThrottle, throttled_reply};
 use crate::validate::Identity;
 use correo_proto::queue::Envelope as QueueEnvelope;
 use correo_smtp::server::{Envelope, Handler, SessionInfo};
@@ -16,6 +17,8 @@ pub struct Shared {
     pub hostname: String,
     pub directory: Directory,
     pub pool: MtaPool,
+    /// Failed AUTH attempts per client address and per account.
+    pub throttle: LoginThrottle,
 }
 
 /// One SMTP session's state.
@@ -23,6 +26,8 @@ pub struct Session {
     shared: Arc<Shared>,
     /// Set by a successful AUTH; the sender rights for the whole session.
     identity: Option<Identity>,
+    /// During a SCRAM exchange: who the user will be once the proof matches.
+    scram_pending: Option<Identity>,
 }
 
 impl Session {
@@ -30,6 +35,7 @@ impl Session {
         Session {
             shared,
             identity: None,
+            scram_pending: None,
         }
     }
 }
@@ -49,6 +55,10 @@ impl Handler for Session {
         username: &str,
         password: &str,
     ) -> Result<String, Reply> {
+        if !self.shared.throttle.allowed(info.peer.ip(), username) {
+            tracing::warn!(username, peer = %info.peer, "login throttled");
+            return Err(throttled_reply());
+        }
         let client = info.peer.ip().to_string();
         match self
             .shared
@@ -63,6 +73,7 @@ impl Handler for Session {
                 Ok(user)
             }
             Ok(None) => {
+                self.shared.throttle.failed(info.peer.ip(), username);
                 tracing::warn!(username, peer = %info.peer, "authentication failed");
                 Err(Reply::new(
                     535,
@@ -75,6 +86,52 @@ impl Handler for Session {
                 Err(temporary_auth_failure())
             }
         }
+    }
+
+    async fn scram_credentials(
+        &mut self,
+        info: &SessionInfo,
+        username: &str,
+    ) -> Result<Option<correo_smtp::scram::ScramCredentials>, Reply> {
+        if !self.shared.throttle.allowed(info.peer.ip(), username) {
+            tracing::warn!(username, peer = %info.peer, "login throttled");
+            return Err(throttled_reply());
+        }
+        let client = info.peer.ip().to_string();
+        match self.shared.directory.scram_credentials(username, &client).await {
+            Ok(Some((credentials, identity))) => {
+                self.scram_pending = Some(identity);
+                Ok(Some(credentials))
+            }
+            Ok(None) => {
+                self.scram_pending = None;
+                Ok(None)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, peer = %info.peer, "directory unreachable during AUTH");
+                Err(temporary_auth_failure())
+            }
+        }
+    }
+
+    async fn scram_authenticated(
+        &mut self,
+        info: &SessionInfo,
+        username: &str,
+    ) -> Result<String, Reply> {
+        let Some(identity) = self.scram_pending.take() else {
+            return Err(Reply::new(535, "5.7.8", "authentication credentials invalid"));
+        };
+        tracing::info!(user = %identity.user, peer = %info.peer, username, "authenticated (SCRAM-SHA-256)");
+        let user = identity.user.clone();
+        self.identity = Some(identity);
+        Ok(user)
+    }
+
+    fn scram_failed(&mut self, info: &SessionInfo, username: &str) {
+        self.scram_pending = None;
+        self.shared.throttle.failed(info.peer.ip(), username);
+        tracing::warn!(username, peer = %info.peer, "authentication failed (SCRAM-SHA-256)");
     }
 
     async fn mail(&mut self, _info: &SessionInfo, sender: &ReversePath) -> Result<(), Reply> {
@@ -116,6 +173,7 @@ impl Handler for Session {
             return Reply::new(530, "5.7.0", "authentication required");
         };
         let journey = uuid::Uuid::new_v4().to_string();
+        let received_at_ms = correo_runtime::journey::now_ms();
         let recipients: Vec<String> = envelope
             .recipients
             .iter()
@@ -132,7 +190,7 @@ impl Handler for Session {
         let (outgoing, repairs) = match prepare::prepare(message, &sub) {
             Ok(ok) => ok,
             Err(invalid) => {
-                tracing::warn!(journey = %journey, user = %identity.user, reason = %invalid, "submission refused");
+                tracing::warn!(journey = %journey, user = %identity.user, reason = %invalid, journey_event = "refused", peer = %info.peer, "submission refused");
                 return invalid.reply();
             }
         };
@@ -157,6 +215,11 @@ impl Handler for Session {
                     recipients = queue_envelope.recipients.len(),
                     size = outgoing.len(),
                     submitted,
+                    journey_event = "submitted",
+                    peer = %info.peer,
+                    tls = info.tls.as_deref().unwrap_or("none"),
+                    message_id = %correo_runtime::journey::header(outgoing.head(), "message-id").unwrap_or_default(),
+                    received_at_ms,
                     "submission queued"
                 );
                 Reply::new(250, "2.0.0", format!("queued as {}", queued.queue_id))

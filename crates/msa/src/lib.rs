@@ -46,6 +46,7 @@ pub mod mta_pool;
 pub mod prepare;
 pub mod repair;
 pub mod submit;
+pub mod throttle;
 pub mod validate;
 
 pub use config::Config;
@@ -71,10 +72,23 @@ pub enum MsaError {
     },
     #[error(transparent)]
     Directory(#[from] directory::DirectoryError),
+    #[error(transparent)]
+    OperatorGrpc(#[from] correo_runtime::grpc::OperatorGrpcError),
+    #[error("cannot listen on metrics.listen: {0}")]
+    Metrics(std::io::Error),
 }
 
 /// Binds and serves `config` until `shutdown` resolves.
 pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Result<(), MsaError> {
+    // Operator side: journey records, /metrics, gRPC health/reflection/Journey.
+    correo_runtime::journey::init("msa", &config.hostname, config.journey.log.as_deref());
+    let _metrics = correo_runtime::metrics::start(&config.metrics, "msa")
+        .await
+        .map_err(MsaError::Metrics)?;
+    let _grpc = match &config.grpc {
+        Some(grpc) => Some(correo_runtime::grpc::serve_operator_services(grpc.listen, &config.tls).await?),
+        None => None,
+    };
     Server::bind(config).await?.run(shutdown).await
 }
 

@@ -6,7 +6,10 @@ use crate::config::Config;
 use crate::directory::Directory;
 use crate::handler::{Session, Shared};
 use crate::mta_pool::{MtaPool, PoolSettings};
-use correo_smtp::server::{AuthMechanism, BareLineEndings, ServerConfig, TlsMode};
+use crate::throttle::{LoginThrottle, ThrottleSettings};
+use correo_smtp::server::{
+    AuthMechanism, BareLineEndings, ConnectionLimiter, ServerConfig, TlsMode,
+};
 use futures::StreamExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +27,8 @@ pub struct Server {
     listeners: Vec<(TcpListener, Arc<ServerConfig>)>,
     shared: Arc<Shared>,
     shutdown_timeout: Duration,
+    /// One limiter for every listener.
+    limiter: Arc<ConnectionLimiter>,
 }
 
 fn smtp_config(
@@ -34,10 +39,18 @@ fn smtp_config(
     let mut c = ServerConfig::new(config.hostname.clone());
     c.tls = Some(tls);
     c.tls_mode = mode;
-    c.auth_mechanisms = vec![AuthMechanism::Plain, AuthMechanism::Login];
+    c.auth_mechanisms = vec![
+        AuthMechanism::ScramSha256,
+        AuthMechanism::Plain,
+        AuthMechanism::Login,
+    ];
     c.require_auth = true;
     c.max_message_size = config.submission.max_message_size;
     c.max_recipients = config.submission.max_recipients;
+    c.max_errors = config.submission.max_errors;
+    c.command_timeout = config.submission.command_timeout;
+    c.data_timeout = config.submission.data_timeout;
+    c.greeting_delay = config.submission.greeting_delay;
     // RFC 6409 8.x: a submission server may fix line endings; MUAs get them wrong.
     c.bare_line_endings = BareLineEndings::Normalize;
     Arc::new(c)
@@ -88,8 +101,17 @@ impl Server {
                 hostname: config.hostname.clone(),
                 directory,
                 pool,
+                throttle: LoginThrottle::new(ThrottleSettings {
+                    window: config.login_throttle.window,
+                    max_failures_per_client: config.login_throttle.max_failures_per_client,
+                    max_failures_per_account: config.login_throttle.max_failures_per_account,
+                }),
             }),
             shutdown_timeout: config.submission.shutdown_timeout,
+            limiter: ConnectionLimiter::new(
+                config.submission.max_connections,
+                config.submission.max_connections_per_client,
+            ),
         })
     }
 
@@ -125,6 +147,17 @@ impl Server {
                     };
                     let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else { continue };
                     let _ = stream.set_nodelay(true);
+                    let permit = match self.limiter.try_acquire(peer.ip()) {
+                        Ok(permit) => permit,
+                        Err(over) => {
+                            tracing::warn!(peer = %peer, limit = %over, "connection refused");
+                            let reply = over.reply(&smtp.hostname);
+                            sessions.spawn(async move {
+                                let _ = correo_smtp::server::refuse(stream, &smtp, &reply).await;
+                            });
+                            continue;
+                        }
+                    };
                     let handler = Session::new(self.shared.clone());
                     let mut stop = stop_rx.clone();
                     let stopped = async move {
@@ -133,6 +166,7 @@ impl Server {
                     let span = tracing::info_span!("smtp", peer = %peer, mode = ?smtp.tls_mode);
                     sessions.spawn(
                         async move {
+                            let _permit = permit;
                             tracing::debug!("connection accepted");
                             if let Err(e) = correo_smtp::server::serve(stream, peer, local, smtp, handler, stopped).await {
                                 tracing::debug!(error = %e, "session ended with an I/O error");

@@ -43,6 +43,12 @@ impl Directory for FakeDirectory {
             },
         }))
     }
+    async fn get_scram_credentials(
+        &self,
+        _: Request<correo_proto::directory::GetScramCredentialsRequest>,
+    ) -> Result<Response<correo_proto::directory::GetScramCredentialsReply>, Status> {
+        Ok(Response::new(Default::default()))
+    }
     async fn check_recipient(
         &self,
         _: Request<CheckRecipientRequest>,

@@ -46,10 +46,37 @@ pub struct Config {
     pub retry: RetryConfig,
     #[serde(default)]
     pub scheduler: SchedulerConfig,
+    #[serde(default)]
+    pub spool: SpoolConfig,
+    /// `[metrics] listen`: the Prometheus `/metrics` endpoint; none when absent.
+    #[serde(default)]
+    pub metrics: correo_runtime::metrics::MetricsConfig,
 }
 
 fn default_data_dir() -> PathBuf {
     PathBuf::from("var/mta")
+}
+
+/// `[spool]`: the queue's disk.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Below this many free bytes on the spool's file system new mail is
+    /// refused at MAIL time with `452 4.3.1` (gRPC: UNAVAILABLE); 0 = no check.
+    #[serde(default = "default_min_free_bytes")]
+    pub min_free_bytes: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            min_free_bytes: default_min_free_bytes(),
+        }
+    }
+}
+
+fn default_min_free_bytes() -> u64 {
+    100 * 1024 * 1024
 }
 
 /// `[smtp]`: the inbound SMTP listener (port 25 side).
@@ -218,6 +245,10 @@ pub struct RetryConfig {
     /// After this long in the queue a deferred recipient fails for good.
     #[serde(default = "default_retry_lifetime", with = "humantime_serde")]
     pub lifetime: Duration,
+    /// After this long in the queue the sender gets one "delayed" DSN for
+    /// recipients still being retried; 0 = never.
+    #[serde(default = "default_delay_warning", with = "humantime_serde")]
+    pub delay_warning: Duration,
 }
 
 impl Default for RetryConfig {
@@ -226,8 +257,13 @@ impl Default for RetryConfig {
             first: default_retry_first(),
             max: default_retry_max(),
             lifetime: default_retry_lifetime(),
+            delay_warning: default_delay_warning(),
         }
     }
+}
+
+fn default_delay_warning() -> Duration {
+    Duration::from_secs(4 * 3600)
 }
 
 fn default_retry_first() -> Duration {
@@ -250,6 +286,12 @@ pub struct SchedulerConfig {
     /// Deliveries in flight to one destination domain.
     #[serde(default = "default_per_destination")]
     pub per_destination: usize,
+    /// Consecutive connection failures after which a destination is backed
+    /// off as a whole (its recipients deferred without connecting) until
+    /// the back-off ends (`retry.first`, doubling, at most `retry.max`);
+    /// 0 = never.
+    #[serde(default = "default_breaker_threshold")]
+    pub breaker_threshold: u32,
 }
 
 impl Default for SchedulerConfig {
@@ -257,8 +299,13 @@ impl Default for SchedulerConfig {
         SchedulerConfig {
             concurrency: default_concurrency(),
             per_destination: default_per_destination(),
+            breaker_threshold: default_breaker_threshold(),
         }
     }
+}
+
+fn default_breaker_threshold() -> u32 {
+    5
 }
 
 fn default_concurrency() -> usize {

@@ -90,6 +90,11 @@ impl QueueRpc for QueueService {
             _ => return Err(invalid("the first chunk must carry the envelope")),
         };
         validate_envelope(&envelope)?;
+        if let Err(full) = self.queue.check_space() {
+            tracing::warn!(reason = %full, "Submit refused: spool nearly full");
+            // The MSA answers its client 4xx and keeps nothing; try later.
+            return Err(Status::unavailable("452 4.3.1 insufficient system storage"));
+        }
         if envelope.size_hint as usize > self.max_message_size {
             return Err(Status::resource_exhausted(format!(
                 "message of {} octets exceeds the limit of {}",
@@ -161,8 +166,12 @@ impl QueueRpc for QueueService {
                     recipients = envelope.recipients.len(),
                     size,
                     user = %envelope.authenticated_user,
+                    journey_event = "queued",
+                    detail = "via gRPC",
+                    peer = %peer.map(|p| p.to_string()).unwrap_or_default(),
                     "queued from gRPC submission"
                 );
+                correo_runtime::metrics::mta_queued("grpc");
                 Ok(Response::new(SubmitReply {
                     queue_id: id.to_string(),
                     node: self.node.clone(),
@@ -379,6 +388,7 @@ mod tests {
             received_at,
             size: 1,
             held: false,
+            warned: false,
             recipients: rcpts
                 .iter()
                 .map(|r| RecipientEntry::pending(r.to_string()))

@@ -48,7 +48,12 @@ impl InboundHandler {
 }
 
 impl Handler for InboundHandler {
-    async fn mail(&mut self, _info: &SessionInfo, _sender: &ReversePath) -> Result<(), Reply> {
+    async fn mail(&mut self, info: &SessionInfo, _sender: &ReversePath) -> Result<(), Reply> {
+        // Refuse before the client sends anything big (RFC 3463 4.3.1).
+        if let Err(full) = self.shared.queue.check_space() {
+            tracing::warn!(peer = %info.peer, reason = %full, "MAIL refused: spool nearly full");
+            return Err(Reply::new(452, "4.3.1", "insufficient system storage"));
+        }
         // Any reverse path, including <>: bounces must be deliverable.
         self.busy.store(true, Ordering::SeqCst);
         Ok(())
@@ -151,8 +156,11 @@ impl InboundHandler {
                     recipients = envelope.recipients.len(),
                     size,
                     tls = info.tls.as_deref().unwrap_or("none"),
+                    journey_event = "queued",
+                    detail = "via SMTP",
                     "queued from SMTP"
                 );
+                correo_runtime::metrics::mta_queued("smtp");
                 Reply::new(250, "2.0.0", format!("queued as {id}"))
             }
             Err(e) => {
@@ -199,8 +207,15 @@ mod tests {
     }
 
     fn handler(dir: &std::path::Path) -> (InboundHandler, Arc<Queue>) {
+        handler_with(dir, crate::queue::QueueOptions::default())
+    }
+
+    fn handler_with(
+        dir: &std::path::Path,
+        options: crate::queue::QueueOptions,
+    ) -> (InboundHandler, Arc<Queue>) {
         let policy = RetryPolicy::new(&RetryConfig::default());
-        let queue = Arc::new(Queue::open(dir, policy).unwrap().0);
+        let queue = Arc::new(Queue::open_with(dir, policy, options).unwrap().0);
         let shared = Arc::new(Inbound {
             hostname: "mx.example.test".into(),
             local_domains: vec!["example.test".into()],
@@ -259,5 +274,36 @@ mod tests {
         let reply = h.data(&info(), &env, message.into_bytes()).await;
         assert_eq!(reply.to_string(), "554 5.4.6 too many hops");
         assert!(queue.list().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn nearly_full_disk_is_452_at_mail_and_a_failed_write_is_451() {
+        use crate::space::FixedSpace;
+        use std::sync::atomic::AtomicU64;
+        let dir = tempfile::tempdir().unwrap();
+        let probe = Arc::new(FixedSpace(AtomicU64::new(1_000)));
+        let options = crate::queue::QueueOptions {
+            min_free_bytes: 1_000_000,
+            probe: probe.clone(),
+            ..Default::default()
+        };
+        let (mut h, queue) = handler_with(dir.path(), options);
+        let sender = ReversePath::Mailbox(Address::parse("bob@remote.test").unwrap());
+        let err = h.mail(&info(), &sender).await.unwrap_err();
+        assert_eq!(err.to_string(), "452 4.3.1 insufficient system storage");
+        probe.0.store(2_000_000, Ordering::SeqCst);
+        h.mail(&info(), &sender).await.unwrap();
+
+        // The spool write fails (its tmp directory is gone): 451 4.3.0, nothing queued.
+        std::fs::remove_dir_all(dir.path().join("spool/tmp")).unwrap();
+        let mut env = envelope();
+        env.recipients.push(Address::parse("alice@example.test").unwrap());
+        let reply = h.data(&info(), &env, b"Subject: x\r\n\r\ny\r\n".to_vec()).await;
+        assert_eq!((reply.code, reply.enhanced.as_deref()), (451, Some("4.3.0")));
+        assert!(queue.list().unwrap().is_empty());
+        // Once the disk is back, mail is accepted again.
+        std::fs::create_dir_all(dir.path().join("spool/tmp")).unwrap();
+        let reply = h.data(&info(), &env, b"Subject: x\r\n\r\ny\r\n".to_vec()).await;
+        assert_eq!(reply.code, 250, "{reply}");
     }
 }

@@ -93,6 +93,9 @@ pub struct MessageEntry {
     pub received_at: i64,
     pub size: u64,
     pub held: bool,
+    /// A delay warning DSN has been sent (at most one per message).
+    #[serde(default)]
+    pub warned: bool,
     pub recipients: Vec<RecipientEntry>,
 }
 
@@ -100,6 +103,23 @@ impl MessageEntry {
     /// Every recipient is delivered or failed.
     pub fn is_finished(&self) -> bool {
         self.recipients.iter().all(|r| r.status.is_final())
+    }
+
+    /// When the scheduler should next look at this message: the earliest
+    /// attempt time of an unfinished recipient (0 = now); None when held
+    /// or finished.
+    pub fn due_at(&self) -> Option<i64> {
+        if self.held {
+            return None;
+        }
+        self.recipients
+            .iter()
+            .filter(|r| !r.status.is_final())
+            .map(|r| match r.status {
+                RecipientStatus::Pending => 0,
+                _ => r.next_attempt,
+            })
+            .min()
     }
 }
 

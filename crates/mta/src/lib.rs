@@ -66,6 +66,7 @@ pub mod retry;
 pub mod route;
 pub mod scheduler;
 pub mod server;
+pub mod space;
 pub mod spool;
 
 /// Entry point of the `mta` binary and of `correo mta …`.

@@ -5,18 +5,30 @@
 //! - accept: spool file durable → index entry → acknowledge;
 //! - a recipient finishes while others remain: `.done` line fsynced →
 //!   index entry updated;
+//! - a recipient fails (or is delayed past `retry.delay_warning`): the DSN
+//!   is spooled durably first, as a message of its own, then the failure
+//!   is recorded — a crash in between costs a duplicate DSN, never a
+//!   missing one;
 //! - the last recipient finishes: spool file removed → index entry removed.
 //!
 //! So the spool never lacks a message the index has promised, and a lost
 //! index (or a lost `.done` line) can only cause a duplicate delivery.
+//!
+//! Finding due work: an in-memory schedule ordered by (due time, queue id)
+//! mirrors every index write and is rebuilt at start-up, so the scheduler
+//! reads only the messages that are due, never the whole index.
 
+use crate::bounce::{self, Kind, ReportRecipient};
 use crate::index::{Index, IndexError, MessageEntry, RecipientEntry, RecipientStatus};
 use crate::queue_id::QueueId;
 use crate::retry::RetryPolicy;
+use crate::space::{SpaceProbe, Statvfs};
 use crate::spool::{DoneRecord, Spool, SpoolEnvelope, SpoolError, SpooledMessage};
 use parking_lot::Mutex;
-use std::collections::HashSet;
-use std::path::Path;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
@@ -29,6 +41,14 @@ pub enum QueueError {
     Index(#[from] IndexError),
 }
 
+/// Why new mail is refused before it is sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{free} bytes free on the spool's file system, below spool.min_free_bytes = {min}")]
+pub struct DiskFull {
+    pub free: u64,
+    pub min: u64,
+}
+
 /// Seconds since the Unix epoch.
 pub fn now_secs() -> i64 {
     SystemTime::now()
@@ -36,6 +56,9 @@ pub fn now_secs() -> i64 {
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
 }
+
+/// How much of a bounced message's start is read for its header section.
+const DSN_HEADER_LIMIT: usize = 256 * 1024;
 
 /// The result of one delivery attempt for one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,16 +90,78 @@ pub struct Reconciled {
     pub finished: usize,
     /// Messages now in the queue.
     pub queued: usize,
+    /// The index could not be opened or read and was set aside (renamed
+    /// to this path) and rebuilt from the spool.
+    pub index_set_aside: Option<PathBuf>,
+}
+
+/// Settings of a queue beyond the retry policy.
+#[derive(Clone)]
+pub struct QueueOptions {
+    /// This MTA's name in DSNs (`Reporting-MTA`, `MAILER-DAEMON@…`).
+    pub hostname: String,
+    /// Refuse new mail below this many free bytes (0 = no check).
+    pub min_free_bytes: u64,
+    pub probe: Arc<dyn SpaceProbe>,
+}
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        QueueOptions {
+            hostname: "localhost".into(),
+            min_free_bytes: 0,
+            probe: Arc::new(Statvfs),
+        }
+    }
+}
+
+/// Messages by (due time, queue id), and each message's current key.
+#[derive(Default)]
+struct Schedule {
+    by_time: BTreeSet<(i64, String)>,
+    by_id: HashMap<String, i64>,
+}
+
+impl Schedule {
+    fn set(&mut self, id: &str, due: Option<i64>) {
+        if let Some(old) = self.by_id.remove(id) {
+            self.by_time.remove(&(old, id.to_string()));
+        }
+        if let Some(due) = due {
+            self.by_id.insert(id.to_string(), due);
+            self.by_time.insert((due, id.to_string()));
+        }
+    }
+
+    /// Ids due at `now`, earliest first.
+    fn due(&self, now: i64) -> Vec<String> {
+        self.by_time
+            .range(..(now.saturating_add(1), String::new()))
+            .map(|(_, id)| id.clone())
+            .collect()
+    }
+
+    fn next_after(&self, now: i64) -> Option<i64> {
+        self.by_time
+            .range((now.saturating_add(1), String::new())..)
+            .next()
+            .map(|(t, _)| *t)
+    }
 }
 
 /// Spool + index + the scheduler's wake-up.
 pub struct Queue {
+    data_dir: PathBuf,
     spool: Spool,
     index: Index,
     retry: RetryPolicy,
+    options: QueueOptions,
     /// Serialises read-modify-write of index entries and the matching spool
     /// changes; every holder does only short, local work.
     lock: Mutex<()>,
+    schedule: Mutex<Schedule>,
+    /// The index has writes not yet flushed to disk.
+    dirty: AtomicBool,
     /// Wakes the scheduler when something became due.
     pub wake: Notify,
 }
@@ -84,17 +169,57 @@ pub struct Queue {
 impl Queue {
     /// Opens the spool and the index under `data_dir` and reconciles them.
     pub fn open(data_dir: &Path, retry: RetryPolicy) -> Result<(Queue, Reconciled), QueueError> {
-        let spool = Spool::open(data_dir)?;
-        let index = Index::open(&data_dir.join("queue.sled"))?;
-        let queue = Queue {
-            spool,
-            index,
-            retry,
-            lock: Mutex::new(()),
-            wake: Notify::new(),
-        };
-        let report = queue.reconcile()?;
-        Ok((queue, report))
+        Self::open_with(data_dir, retry, QueueOptions::default())
+    }
+
+    /// [`Queue::open`] with DSN and disk-space settings. An index that
+    /// cannot be opened or read (damaged files) is renamed aside and
+    /// rebuilt from the spool: the spool is the truth.
+    pub fn open_with(
+        data_dir: &Path,
+        retry: RetryPolicy,
+        options: QueueOptions,
+    ) -> Result<(Queue, Reconciled), QueueError> {
+        let index_path = data_dir.join("queue.sled");
+        let mut set_aside = None;
+        for attempt in 0..2 {
+            let spool = Spool::open(data_dir)?;
+            let index = match open_index(&index_path) {
+                Ok(index) => index,
+                Err(e) if attempt == 0 => {
+                    tracing::error!(error = %e, "queue index unusable; rebuilding it from the spool");
+                    set_aside = Some(set_index_aside(&index_path)?);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let queue = Queue {
+                data_dir: data_dir.to_path_buf(),
+                spool,
+                index,
+                retry: retry.clone(),
+                options: options.clone(),
+                lock: Mutex::new(()),
+                schedule: Mutex::new(Schedule::default()),
+                dirty: AtomicBool::new(false),
+                wake: Notify::new(),
+            };
+            match queue.reconcile() {
+                Ok(mut report) => {
+                    report.index_set_aside = set_aside;
+                    // The reconciled state is the base the next crash falls back to.
+                    queue.flush()?;
+                    return Ok((queue, report));
+                }
+                Err(QueueError::Index(e)) if attempt == 0 => {
+                    tracing::error!(error = %e, "queue index unreadable; rebuilding it from the spool");
+                    drop(queue);
+                    set_aside = Some(set_index_aside(&index_path)?);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the second attempt returns")
     }
 
     /// Makes the index agree with the spool: the spool wins.
@@ -110,7 +235,7 @@ impl Queue {
         for id in self.index.ids()? {
             if !spooled.contains(&id) {
                 tracing::info!(queue_id = %id, "index entry without spool file: dropped");
-                self.index.remove(&id)?;
+                self.remove_entry(&id)?;
                 report.dropped += 1;
             }
         }
@@ -134,11 +259,11 @@ impl Queue {
             apply_done(&mut entry, &self.spool.read_done(&id)?);
             if entry.is_finished() {
                 self.spool.remove(&id)?;
-                self.index.remove(id.as_str())?;
+                self.remove_entry(id.as_str())?;
                 report.finished += 1;
                 continue;
             }
-            self.index.put(&entry)?;
+            self.put(&entry)?;
             report.queued += 1;
         }
         Ok(report)
@@ -147,6 +272,39 @@ impl Queue {
     fn entry_from_spool(&self, id: &QueueId) -> Result<MessageEntry, SpoolError> {
         let (envelope, size) = self.spool.read_envelope(id)?;
         Ok(new_entry(&envelope, size))
+    }
+
+    /// Writes an index entry and keeps the schedule in step.
+    fn put(&self, entry: &MessageEntry) -> Result<(), IndexError> {
+        self.index.put(entry)?;
+        self.dirty.store(true, Ordering::SeqCst);
+        self.schedule.lock().set(&entry.queue_id, entry.due_at());
+        Ok(())
+    }
+
+    fn remove_entry(&self, id: &str) -> Result<(), IndexError> {
+        self.schedule.lock().set(id, None);
+        self.index.remove(id)?;
+        self.dirty.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Whether there is room for new mail (checked at MAIL time).
+    pub fn check_space(&self) -> Result<(), DiskFull> {
+        let min = self.options.min_free_bytes;
+        if min == 0 {
+            return Ok(());
+        }
+        match self.options.probe.free_bytes(&self.data_dir) {
+            Ok(free) if free < min => Err(DiskFull { free, min }),
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // Not knowing is no reason to refuse mail; the write itself
+                // still fails safely (451) if the disk really is full.
+                tracing::warn!(error = %e, "cannot measure free space of the spool");
+                Ok(())
+            }
+        }
     }
 
     /// Queues a message durably; Ok means it may be acknowledged.
@@ -167,7 +325,7 @@ impl Queue {
             let _guard = self.lock.lock();
             // An index failure after a durable spool write is not a loss: the
             // next start-up rebuilds the entry. Still acknowledge-worthy.
-            if let Err(e) = self.index.put(&entry) {
+            if let Err(e) = self.put(&entry) {
                 tracing::error!(queue_id = %id, error = %e, "spooled but not indexed; restart rebuilds it");
             }
         }
@@ -187,60 +345,44 @@ impl Queue {
         if self.spool.exists(id) {
             return Ok(false);
         }
-        self.index.remove(id.as_str())?;
+        self.remove_entry(id.as_str())?;
         Ok(true)
     }
 
-    /// One pass over the index for the scheduler: the messages that are not
-    /// held and have a recipient due at `now`, and the earliest later
-    /// attempt of any other deferred, unheld recipient.
+    /// The ids of messages due at `now` (not held, a recipient due),
+    /// earliest first — from the schedule, without reading the index.
+    pub fn due_ids(&self, now: i64) -> Vec<String> {
+        self.schedule.lock().due(now)
+    }
+
+    /// The earliest due time after `now` of any queued, unheld message.
+    pub fn next_due_after(&self, now: i64) -> Option<i64> {
+        self.schedule.lock().next_after(now)
+    }
+
+    /// The messages due at `now` and the earliest later due time.
     pub fn scan(&self, now: i64) -> Result<(Vec<MessageEntry>, Option<i64>), QueueError> {
-        let _guard = self.lock.lock();
-        let mut due = Vec::new();
-        let mut next: Option<i64> = None;
-        for m in self.index.all()?.into_iter().filter(|m| !m.held) {
-            for r in m
-                .recipients
-                .iter()
-                .filter(|r| r.status == RecipientStatus::Deferred && r.next_attempt > now)
-            {
-                next = Some(next.map_or(r.next_attempt, |n| n.min(r.next_attempt)));
-            }
-            if m.recipients.iter().any(|r| r.is_due(now)) {
-                due.push(m);
-            }
-        }
-        Ok((due, next))
+        Ok((self.due(now)?, self.next_due_after(now)))
     }
 
     /// Messages that are not held and have a recipient due at `now`.
     pub fn due(&self, now: i64) -> Result<Vec<MessageEntry>, QueueError> {
-        let _guard = self.lock.lock();
-        Ok(self
-            .index
-            .all()?
-            .into_iter()
-            .filter(|m| !m.held && m.recipients.iter().any(|r| r.is_due(now)))
-            .collect())
+        let mut due = Vec::new();
+        for id in self.due_ids(now) {
+            if let Some(entry) = self.show(&id)? {
+                due.push(entry);
+            }
+        }
+        Ok(due)
     }
 
     /// The earliest future next_attempt of a deferred, unheld recipient.
     pub fn next_wakeup(&self) -> Result<Option<i64>, QueueError> {
-        let _guard = self.lock.lock();
-        Ok(self
-            .index
-            .all()?
-            .iter()
-            .filter(|m| !m.held)
-            .flat_map(|m| m.recipients.iter())
-            .filter(|r| r.status == RecipientStatus::Deferred)
-            .map(|r| r.next_attempt)
-            .min())
+        Ok(self.next_due_after(0))
     }
 
     /// Applies the outcomes of one attempt. Returns the recipients that
-    /// failed permanently in this call (after
-    /// [`crate::bounce::on_permanent_failure`] has seen them).
+    /// failed permanently in this call (a DSN for them is already queued).
     pub fn record(
         &self,
         id: &QueueId,
@@ -254,6 +396,7 @@ impl Queue {
         };
         let mut newly_final = Vec::new();
         let mut failed = Vec::new();
+        let mut deferred = Vec::new();
         for (recipient, outcome) in outcomes {
             let Some(r) = entry
                 .recipients
@@ -274,6 +417,7 @@ impl Queue {
                 Outcome::Deferred(_) => {
                     r.status = RecipientStatus::Deferred;
                     r.next_attempt = self.retry.next_attempt(r.attempts, now);
+                    deferred.push(ReportRecipient::from(&*r));
                 }
             }
             if r.status.is_final() {
@@ -283,26 +427,163 @@ impl Queue {
                 }
             }
         }
-        self.finish_recipients(&entry, &newly_final, &failed)?;
+        self.warn_if_delayed(&mut entry, &deferred, now)?;
+        self.finish_recipients(&entry, &newly_final, &failed, now)?;
         Ok(failed.into_iter().map(|r| r.address).collect())
     }
 
-    /// Persists `entry` after `newly_final` recipients finished: removes the
-    /// message when nothing remains, else appends `.done` lines first.
+    /// Defers `recipients` until `until` without an attempt (their
+    /// destination is backed off), counting no attempt; past the queue
+    /// lifetime they fail instead. Returns the number changed.
+    pub fn postpone(
+        &self,
+        id: &QueueId,
+        recipients: &[String],
+        until: i64,
+        reply: &str,
+        now: i64,
+    ) -> Result<usize, QueueError> {
+        let _guard = self.lock.lock();
+        let Some(mut entry) = self.index.get(id.as_str())? else {
+            return Ok(0);
+        };
+        let expired = self.retry.expired(entry.received_at, now);
+        let mut changed = 0;
+        let mut failed = Vec::new();
+        let mut deferred = Vec::new();
+        for r in entry.recipients.iter_mut().filter(|r| {
+            !r.status.is_final() && recipients.iter().any(|x| x.eq_ignore_ascii_case(&r.address))
+        }) {
+            changed += 1;
+            if expired {
+                r.status = RecipientStatus::Failed;
+                r.last_reply = format!("{reply} (gave up: queue lifetime exceeded)");
+                failed.push(r.clone());
+            } else {
+                r.status = RecipientStatus::Deferred;
+                r.last_reply = reply.to_string();
+                r.next_attempt = until;
+                deferred.push(ReportRecipient::from(&*r));
+            }
+        }
+        if changed == 0 {
+            return Ok(0);
+        }
+        self.warn_if_delayed(&mut entry, &deferred, now)?;
+        self.finish_recipients(&entry, &failed, &failed, now)?;
+        Ok(changed)
+    }
+
+    /// Sends the one delay warning of a message when it is due.
+    fn warn_if_delayed(
+        &self,
+        entry: &mut MessageEntry,
+        deferred: &[ReportRecipient],
+        now: i64,
+    ) -> Result<(), QueueError> {
+        if deferred.is_empty() || entry.warned || !self.retry.warn_delay(entry.received_at, now) {
+            return Ok(());
+        }
+        let until = self.retry.gives_up_at(entry.received_at);
+        self.send_report(Kind::Delayed, entry, deferred, now, Some(until))?;
+        entry.warned = true;
+        Ok(())
+    }
+
+    /// Builds and durably queues a DSN about `entry` to its sender —
+    /// unless the sender is `<>`.
+    fn send_report(
+        &self,
+        kind: Kind,
+        entry: &MessageEntry,
+        recipients: &[ReportRecipient],
+        now: i64,
+        retry_until: Option<i64>,
+    ) -> Result<Option<QueueId>, QueueError> {
+        if !bounce::should_report(entry) {
+            tracing::warn!(
+                queue_id = %entry.queue_id,
+                journey = %entry.journey_id,
+                recipients = recipients.len(),
+                ?kind,
+                "no DSN: the message is itself a notification (sender <>)"
+            );
+            return Ok(None);
+        }
+        let id = QueueId::parse(&entry.queue_id).expect("index keys are queue ids");
+        let original = match self.spool.read_prefix(&id, DSN_HEADER_LIMIT) {
+            Ok(original) => original,
+            Err(e) => {
+                tracing::warn!(queue_id = %id, error = %e, "original unreadable; DSN without its headers");
+                Vec::new()
+            }
+        };
+        let dsn_id = QueueId::generate();
+        let mut message = format!("X-Correo-Journey: {}\r\n", entry.journey_id).into_bytes();
+        message.extend_from_slice(&bounce::build(&bounce::Report {
+            kind,
+            reporting_mta: &self.options.hostname,
+            message: entry,
+            recipients,
+            original: &original,
+            now,
+            retry_until,
+        }));
+        let envelope = SpoolEnvelope {
+            queue_id: dsn_id.to_string(),
+            sender: String::new(),
+            recipients: vec![entry.sender.clone()],
+            journey_id: entry.journey_id.clone(),
+            received_at: now,
+            authenticated_user: None,
+        };
+        self.spool.store_blocking(&envelope, &message)?;
+        if let Err(e) = self.put(&new_entry(&envelope, message.len() as u64)) {
+            tracing::error!(queue_id = %dsn_id, error = %e, "DSN spooled but not indexed; restart rebuilds it");
+        }
+        tracing::info!(
+            queue_id = %entry.queue_id,
+            journey = %entry.journey_id,
+            dsn = %dsn_id,
+            sender = %entry.sender,
+            recipients = recipients.len(),
+            ?kind,
+            "delivery status notification queued"
+        );
+        self.wake.notify_one();
+        Ok(Some(dsn_id))
+    }
+
+    /// Persists `entry` after `newly_final` recipients finished: queues one
+    /// DSN for the `failed` ones, then removes the message when nothing
+    /// remains, else appends `.done` lines first.
     fn finish_recipients(
         &self,
         entry: &MessageEntry,
         newly_final: &[RecipientEntry],
         failed: &[RecipientEntry],
+        now: i64,
     ) -> Result<(), QueueError> {
         let id = QueueId::parse(&entry.queue_id).expect("index keys are queue ids");
         for r in failed {
+            tracing::error!(
+                queue_id = %entry.queue_id,
+                journey = %entry.journey_id,
+                sender = %entry.sender,
+                recipient = %r.address,
+                attempts = r.attempts,
+                reply = %r.last_reply,
+                "permanent delivery failure"
+            );
+        }
+        if !failed.is_empty() {
             // While this runs the spool file still exists (DSN material).
-            crate::bounce::on_permanent_failure(&self.spool, entry, r);
+            let report: Vec<ReportRecipient> = failed.iter().map(ReportRecipient::from).collect();
+            self.send_report(Kind::Failed, entry, &report, now, None)?;
         }
         if entry.is_finished() {
             self.spool.remove(&id)?;
-            self.index.remove(&entry.queue_id)?;
+            self.remove_entry(&entry.queue_id)?;
             tracing::info!(queue_id = %id, journey = %entry.journey_id, "all recipients done; removed from queue");
             return Ok(());
         }
@@ -316,7 +597,7 @@ impl Queue {
                 },
             )?;
         }
-        self.index.put(entry)?;
+        self.put(entry)?;
         Ok(())
     }
 
@@ -357,7 +638,7 @@ impl Queue {
                 count += 1;
             }
             if changed {
-                self.index.put(&entry)?;
+                self.put(&entry)?;
             }
         }
         self.wake.notify_one();
@@ -382,7 +663,7 @@ impl Queue {
                 r.next_attempt = 0;
             }
         }
-        self.index.put(&entry)?;
+        self.put(&entry)?;
         // An operator's hold must survive a crash right after the command.
         self.index.flush()?;
         if !held {
@@ -399,13 +680,13 @@ impl Queue {
         };
         let qid = QueueId::parse(&entry.queue_id).expect("index keys are queue ids");
         self.spool.remove(&qid)?;
-        self.index.remove(id)?;
+        self.remove_entry(id)?;
         tracing::warn!(queue_id = %id, journey = %entry.journey_id, "deleted by administrator");
         Ok(Some(1))
     }
 
-    /// Fails every remaining recipient (they go to the bounce hook) and
-    /// removes the message. Returns the number of recipients failed.
+    /// Fails every remaining recipient (one DSN to the sender) and removes
+    /// the message. Returns the number of recipients failed.
     pub fn bounce(&self, id: &str) -> Result<Option<u64>, QueueError> {
         let _guard = self.lock.lock();
         let Some(mut entry) = self.index.get(id)? else {
@@ -418,13 +699,54 @@ impl Queue {
             failed.push(r.clone());
         }
         let count = failed.len() as u64;
-        self.finish_recipients(&entry, &failed, &failed)?;
+        self.finish_recipients(&entry, &failed, &failed, now_secs())?;
         Ok(Some(count))
     }
 
     /// Flushes the index to disk (shutdown).
     pub fn flush(&self) -> Result<(), QueueError> {
+        self.dirty.store(false, Ordering::SeqCst);
         Ok(self.index.flush()?)
+    }
+
+    /// Flushes the index if anything changed since the last flush (the
+    /// scheduler calls this every round, so a crash right after a delivery
+    /// rarely forgets it — a forgotten delivery is a duplicate).
+    pub fn flush_if_dirty(&self) -> Result<bool, QueueError> {
+        if self.dirty.swap(false, Ordering::SeqCst) {
+            self.index.flush()?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
+/// Opens sled, turning a panic on damaged files into an error.
+fn open_index(path: &Path) -> Result<Index, IndexError> {
+    let path = path.to_path_buf();
+    match std::panic::catch_unwind(move || Index::open(&path)) {
+        Ok(result) => result,
+        Err(_) => Err(IndexError::Sled(sled::Error::Unsupported(
+            "sled panicked while opening the index".into(),
+        ))),
+    }
+}
+
+/// Renames a damaged index out of the way (kept for inspection).
+fn set_index_aside(path: &Path) -> Result<PathBuf, QueueError> {
+    let aside = path.with_file_name(format!(
+        "queue.sled.broken-{}-{:04x}",
+        now_secs(),
+        rand::random::<u16>()
+    ));
+    match std::fs::rename(path, &aside) {
+        Ok(()) => Ok(aside),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(aside),
+        Err(source) => Err(SpoolError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+        .into()),
     }
 }
 
@@ -436,6 +758,7 @@ fn new_entry(envelope: &SpoolEnvelope, size: u64) -> MessageEntry {
         received_at: envelope.received_at,
         size,
         held: false,
+        warned: false,
         recipients: envelope
             .recipients
             .iter()
@@ -473,13 +796,18 @@ mod tests {
             first: Duration::from_secs(60),
             max: Duration::from_secs(600),
             lifetime: Duration::from_secs(3600),
+            delay_warning: Duration::ZERO,
         })
     }
 
     fn envelope(rcpts: &[&str]) -> SpoolEnvelope {
+        envelope_from("s@remote.test", rcpts)
+    }
+
+    fn envelope_from(sender: &str, rcpts: &[&str]) -> SpoolEnvelope {
         SpoolEnvelope {
             queue_id: QueueId::generate().to_string(),
-            sender: "s@remote.test".into(),
+            sender: sender.into(),
             recipients: rcpts.iter().map(|s| s.to_string()).collect(),
             journey_id: "j".into(),
             received_at: 1000,
@@ -554,7 +882,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (q, _) = Queue::open(dir.path(), policy()).unwrap();
         let id = q
-            .enqueue(envelope(&["x@a.test", "y@a.test"]), b"m\r\n")
+            .enqueue(envelope_from("", &["x@a.test", "y@a.test"]), b"m\r\n")
             .await
             .unwrap();
         let failed = q
@@ -603,7 +931,7 @@ mod tests {
         let (q, _) = Queue::open(dir.path(), policy()).unwrap();
         let a = q.enqueue(envelope(&["x@a.test"]), b"m\r\n").await.unwrap();
         let b = q
-            .enqueue(envelope(&["x@a.test", "y@a.test"]), b"m\r\n")
+            .enqueue(envelope_from("", &["x@a.test", "y@a.test"]), b"m\r\n")
             .await
             .unwrap();
         assert_eq!(q.list().unwrap().len(), 2);
@@ -613,5 +941,207 @@ mod tests {
         assert!(q.list().unwrap().is_empty());
         assert!(Spool::open(dir.path()).unwrap().list().unwrap().is_empty());
         assert_eq!(q.retry_now(Some("0000000000000000")).unwrap(), None);
+    }
+
+    /// The queued DSNs (sender `<>`): (id, recipients, message text).
+    fn dsns(q: &Queue) -> Vec<(String, Vec<String>, String)> {
+        q.list()
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.sender.is_empty())
+            .map(|m| {
+                let id = QueueId::parse(&m.queue_id).unwrap();
+                let text = String::from_utf8(q.read(&id).unwrap().message).unwrap();
+                let rcpts = m.recipients.iter().map(|r| r.address.clone()).collect();
+                (m.queue_id, rcpts, text)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn permanent_failures_queue_one_dsn_per_batch_to_the_sender() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = QueueOptions {
+            hostname: "mx.example.test".into(),
+            ..QueueOptions::default()
+        };
+        let (q, _) = Queue::open_with(dir.path(), policy(), options.clone()).unwrap();
+        let id = q
+            .enqueue(
+                envelope_from("alice@example.test", &["x@a.test", "y@a.test", "z@a.test"]),
+                b"Subject: original\r\nFrom: alice@example.test\r\n\r\nsecret body\r\n".to_vec(),
+            )
+            .await
+            .unwrap();
+        q.record(
+            &id,
+            &[
+                ("x@a.test".into(), Outcome::Failed("550 5.1.1 no such user".into())),
+                ("y@a.test".into(), Outcome::Failed("552 5.2.2 mailbox full".into())),
+                ("z@a.test".into(), Outcome::Deferred("451 4.2.0 later".into())),
+            ],
+            1100,
+        )
+        .unwrap();
+        let d = dsns(&q);
+        assert_eq!(d.len(), 1, "one DSN for the batch");
+        assert_eq!(d[0].1, vec!["alice@example.test"]);
+        let text = &d[0].2;
+        assert!(text.contains("Final-Recipient: rfc822; x@a.test\r\nAction: failed\r\nStatus: 5.1.1"));
+        assert!(text.contains("Final-Recipient: rfc822; y@a.test\r\nAction: failed\r\nStatus: 5.2.2"));
+        assert!(!text.contains("z@a.test"));
+        assert!(text.contains("Subject: original"));
+        assert!(!text.contains("secret body"));
+        assert!(text.contains("Reporting-MTA: dns; mx.example.test"));
+        // The DSN is due at once, like any new message, and durable: it
+        // survives losing the index.
+        assert!(q.due_ids(1100).contains(&d[0].0));
+        drop(q);
+        std::fs::remove_dir_all(dir.path().join("queue.sled")).unwrap();
+        let (q, report) = Queue::open_with(dir.path(), policy(), options).unwrap();
+        assert_eq!(report.rebuilt, 2);
+        assert_eq!(dsns(&q).len(), 1);
+
+        // A DSN that fails is not bounced again (sender <>).
+        let dsn = QueueId::parse(&dsns(&q)[0].0).unwrap();
+        q.record(
+            &dsn,
+            &[("alice@example.test".into(), Outcome::Failed("550 5.1.1 gone".into()))],
+            1200,
+        )
+        .unwrap();
+        assert!(dsns(&q).is_empty());
+        assert!(q.show(dsn.as_str()).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn admin_bounce_and_expiry_send_dsns_and_null_senders_get_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let (q, _) = Queue::open(dir.path(), policy()).unwrap();
+        let a = q
+            .enqueue(envelope_from("s@remote.test", &["x@a.test", "y@b.test"]), b"S: 1\r\n\r\nm\r\n".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(q.bounce(a.as_str()).unwrap(), Some(2));
+        let d = dsns(&q);
+        assert_eq!(d.len(), 1);
+        assert!(d[0].2.contains("bounced by the queue administrator"));
+        assert_eq!(d[0].2.matches("Action: failed").count(), 2);
+        // Expiry (received at 1000, lifetime 3600).
+        let b = q.enqueue(envelope_from("s@remote.test", &["x@a.test"]), b"m\r\n".to_vec()).await.unwrap();
+        q.record(&b, &[("x@a.test".into(), Outcome::Deferred("451 4.4.1 refused".into()))], 5000)
+            .unwrap();
+        let d = dsns(&q);
+        assert_eq!(d.len(), 2);
+        assert!(d.iter().any(|(_, _, t)| t.contains("gave up: queue lifetime exceeded")));
+        // Never a DSN about a DSN.
+        let c = q.enqueue(envelope_from("", &["x@a.test"]), b"m\r\n".to_vec()).await.unwrap();
+        q.bounce(c.as_str()).unwrap();
+        assert_eq!(dsns(&q).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn one_delay_warning_per_message_after_delay_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = RetryPolicy::new(&RetryConfig {
+            first: Duration::from_secs(60),
+            max: Duration::from_secs(600),
+            lifetime: Duration::from_secs(36_000),
+            delay_warning: Duration::from_secs(3600),
+        });
+        let (q, _) = Queue::open(dir.path(), policy).unwrap();
+        let id = q.enqueue(envelope(&["x@a.test"]), b"m\r\n".to_vec()).await.unwrap();
+        let later = ("x@a.test".to_string(), Outcome::Deferred("451 4.4.1 refused".into()));
+        q.record(&id, std::slice::from_ref(&later), 1000 + 60).unwrap();
+        assert!(dsns(&q).is_empty(), "too early for a warning");
+        q.record(&id, std::slice::from_ref(&later), 1000 + 3600).unwrap();
+        let d = dsns(&q);
+        assert_eq!(d.len(), 1);
+        assert!(d[0].2.contains("Action: delayed\r\nStatus: 4.4.1"));
+        assert!(d[0].2.contains("Will-Retry-Until:"));
+        assert!(q.show(id.as_str()).unwrap().unwrap().warned);
+        q.record(&id, std::slice::from_ref(&later), 1000 + 7200).unwrap();
+        assert_eq!(dsns(&q).len(), 1, "only once");
+    }
+
+    #[tokio::test]
+    async fn schedule_finds_due_work_in_time_order_without_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let (q, _) = Queue::open(dir.path(), policy()).unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            ids.push(q.enqueue(envelope_from("", &["x@a.test"]), b"m\r\n".to_vec()).await.unwrap());
+        }
+        // Defer all but the last to different times.
+        for (i, id) in ids.iter().take(4).enumerate() {
+            q.postpone(id, &["x@a.test".into()], 2000 + i as i64 * 100, "451 4.4.1 backed off", 1100)
+                .unwrap();
+        }
+        assert_eq!(q.due_ids(1100), vec![ids[4].to_string()]);
+        assert_eq!(q.next_due_after(1100), Some(2000));
+        assert_eq!(q.due_ids(2150), vec![ids[4].to_string(), ids[0].to_string(), ids[1].to_string()]);
+        // Postponing counts no attempt.
+        assert_eq!(q.show(ids[0].as_str()).unwrap().unwrap().recipients[0].attempts, 0);
+        // Held messages are not scheduled; released ones are due now.
+        q.set_held(ids[3].as_str(), true).unwrap();
+        assert!(!q.due_ids(9999).contains(&ids[3].to_string()));
+        q.set_held(ids[3].as_str(), false).unwrap();
+        assert!(q.due_ids(1100).contains(&ids[3].to_string()));
+        // Finished messages leave it.
+        q.record(&ids[4], &[("x@a.test".into(), Outcome::Delivered("250 ok".into()))], 1100)
+            .unwrap();
+        assert!(!q.due_ids(9999).contains(&ids[4].to_string()));
+        // The schedule is rebuilt at start-up.
+        drop(q);
+        let (q, _) = Queue::open(dir.path(), policy()).unwrap();
+        assert_eq!(q.due_ids(2150).len(), 3);
+        assert_eq!(q.next_due_after(1100), Some(2000));
+    }
+
+    #[tokio::test]
+    async fn damaged_index_is_set_aside_and_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let id;
+        {
+            let (q, _) = Queue::open(dir.path(), policy()).unwrap();
+            id = q.enqueue(envelope(&["x@a.test"]), b"m\r\n".to_vec()).await.unwrap();
+            q.flush().unwrap();
+        }
+        // Garbage over every file of the index.
+        let sled_dir = dir.path().join("queue.sled");
+        for entry in std::fs::read_dir(&sled_dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                std::fs::write(&path, b"\x00garbage\xff").unwrap();
+            }
+        }
+        let (q, report) = Queue::open(dir.path(), policy()).unwrap();
+        assert_eq!(report.queued, 1);
+        assert!(q.show(id.as_str()).unwrap().is_some());
+        // A file instead of the directory: also set aside.
+        drop(q);
+        std::fs::remove_dir_all(&sled_dir).unwrap();
+        std::fs::write(&sled_dir, b"not a directory").unwrap();
+        let (q, report) = Queue::open(dir.path(), policy()).unwrap();
+        assert!(report.index_set_aside.is_some());
+        assert_eq!(report.rebuilt, 1);
+        assert!(q.show(id.as_str()).unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn free_space_probe_decides() {
+        use crate::space::FixedSpace;
+        use std::sync::atomic::AtomicU64;
+        let dir = tempfile::tempdir().unwrap();
+        let probe = Arc::new(FixedSpace(AtomicU64::new(10_000)));
+        let options = QueueOptions {
+            min_free_bytes: 5_000,
+            probe: probe.clone(),
+            ..QueueOptions::default()
+        };
+        let (q, _) = Queue::open_with(dir.path(), policy(), options).unwrap();
+        assert!(q.check_space().is_ok());
+        probe.0.store(4_999, Ordering::SeqCst);
+        assert_eq!(q.check_space(), Err(DiskFull { free: 4_999, min: 5_000 }));
     }
 }

@@ -58,7 +58,8 @@ impl SmtpTransport for SmtpClient {
             let mut connection = Connection::connect(addr, host, &self.config)
                 .await
                 .map_err(|e| client_error(addr, e))?;
-            tracing::debug!(%addr, host, tls = ?connection.tls(), "connected to MX");
+            let tls = connection.tls().unwrap_or_else(|| "none".into());
+            tracing::info!(journey_event = "connected", peer = %addr, host, %tls, "connected to MX");
             let result = connection.send(sender, recipients, message).await;
             connection.quit().await;
             let outcomes = result.map_err(|e| client_error(addr, e))?;
@@ -111,6 +112,8 @@ impl Relay {
                 Err(RouteError::Permanent(reply)) => return all(Outcome::Failed, reply),
                 Err(RouteError::Temporary(reply)) => return all(Outcome::Deferred, reply),
             };
+        let hosts: Vec<&str> = targets.iter().map(|t| t.host.as_str()).collect();
+        tracing::info!(journey_event = "mx", domain, host = %hosts.join(", "), "MX lookup");
         let mut results = Vec::new();
         let mut remaining: Vec<String> = recipients.to_vec();
         let mut last_temporary = format!("451 4.4.1 no MX host of {domain} reachable");

@@ -14,6 +14,7 @@ pub struct RetryPolicy {
     first: Duration,
     max: Duration,
     lifetime: Duration,
+    delay_warning: Duration,
 }
 
 impl RetryPolicy {
@@ -22,7 +23,20 @@ impl RetryPolicy {
             first: config.first,
             max: config.max,
             lifetime: config.lifetime,
+            delay_warning: config.delay_warning,
         }
+    }
+
+    /// When a message received at `received_at` gives up (seconds).
+    pub fn gives_up_at(&self, received_at: i64) -> i64 {
+        received_at.saturating_add(self.lifetime.as_secs() as i64)
+    }
+
+    /// Whether a message received at `received_at` is due a delay warning
+    /// at `now` (never when `delay_warning` is 0).
+    pub fn warn_delay(&self, received_at: i64, now: i64) -> bool {
+        !self.delay_warning.is_zero()
+            && now.saturating_sub(received_at) >= self.delay_warning.as_secs() as i64
     }
 
     /// Nominal delay after the `attempts`-th failed attempt (1-based).
@@ -63,6 +77,7 @@ mod tests {
             first: Duration::from_secs(300),
             max: Duration::from_secs(4000),
             lifetime: Duration::from_secs(5 * 86_400),
+            delay_warning: Duration::from_secs(4 * 3600),
         })
     }
 
@@ -93,5 +108,18 @@ mod tests {
         let p = policy();
         assert!(!p.expired(0, 5 * 86_400 - 1));
         assert!(p.expired(0, 5 * 86_400));
+        assert_eq!(p.gives_up_at(10), 10 + 5 * 86_400);
+    }
+
+    #[test]
+    fn delay_warning_after_its_time_and_never_when_zero() {
+        let p = policy();
+        assert!(!p.warn_delay(0, 4 * 3600 - 1));
+        assert!(p.warn_delay(0, 4 * 3600));
+        let off = RetryPolicy::new(&RetryConfig {
+            delay_warning: Duration::ZERO,
+            ..RetryConfig::default()
+        });
+        assert!(!off.warn_delay(0, i64::MAX));
     }
 }

@@ -84,12 +84,68 @@ impl Deliver for Router {
     }
 }
 
-/// Concurrency limits of the scheduler.
+/// Concurrency limits of the scheduler, and its circuit breaker.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub concurrency: usize,
     pub per_destination: usize,
+    /// Consecutive connection failures that back a destination off as a
+    /// whole (0 = never).
+    pub breaker_threshold: u32,
+    /// First back-off of a destination; doubles on every new trip.
+    pub breaker_first: Duration,
+    pub breaker_max: Duration,
 }
+
+impl Limits {
+    /// Limits without a circuit breaker.
+    pub fn new(concurrency: usize, per_destination: usize) -> Limits {
+        Limits {
+            concurrency,
+            per_destination,
+            breaker_threshold: 0,
+            breaker_first: Duration::from_secs(60),
+            breaker_max: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// How a destination (a domain) has been doing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Connection failures in a row (reset by any answer from it).
+    pub failures: u32,
+    /// Backed off until then (seconds since the epoch).
+    pub open_until: Option<i64>,
+    /// Times it was backed off since it last answered.
+    pub trips: u32,
+    /// After a back-off, one job probes it; the others wait for the probe.
+    pub probing: bool,
+}
+
+/// Whether a reply means the destination could not be reached at all
+/// (connection refused or timed out, DNS or MDA unavailable) rather than
+/// an answer from it.
+pub fn is_connection_failure(reply: &str) -> bool {
+    let mut words = reply.split_whitespace();
+    let code = words.next().unwrap_or("");
+    code.starts_with('4')
+        && matches!(
+            words.next(),
+            Some("4.4.1") | Some("4.4.2") | Some("4.4.3") | Some("4.4.4")
+        )
+}
+
+/// What the breaker says about a destination now.
+enum Gate {
+    Open,
+    /// Backed off until then: defer without connecting.
+    BackedOff(i64, u32),
+    /// Its probe is in flight: wait.
+    Probing,
+}
+
+type HealthMap = Arc<Mutex<HashMap<String, Health>>>;
 
 pub struct Scheduler {
     queue: Arc<Queue>,
@@ -100,7 +156,12 @@ pub struct Scheduler {
     in_flight: Arc<Mutex<HashSet<(QueueId, String)>>>,
     /// Jobs whose results could not be recorded, held back until then.
     cooldown: Arc<Mutex<HashMap<(QueueId, String), Instant>>>,
+    health: HealthMap,
+    flushing: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// How often the index is flushed at most (each round, in batches).
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 impl Scheduler {
     pub fn new(queue: Arc<Queue>, deliver: Arc<dyn Deliver>, limits: Limits) -> Arc<Scheduler> {
@@ -112,19 +173,27 @@ impl Scheduler {
             per_domain: Mutex::new(HashMap::new()),
             in_flight: Arc::new(Mutex::new(HashSet::new())),
             cooldown: Arc::new(Mutex::new(HashMap::new())),
+            health: Arc::new(Mutex::new(HashMap::new())),
+            flushing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
+    }
+
+    /// The health of a destination (tests, diagnostics).
+    pub fn health(&self, domain: &str) -> Health {
+        self.health.lock().get(domain).cloned().unwrap_or_default()
     }
 
     /// Runs until `shutdown` turns true, then waits up to `grace` for the
     /// jobs in flight (abandoned jobs are simply retried after restart).
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>, grace: Duration) {
         let mut tasks = JoinSet::new();
+        let mut last_flush = Instant::now();
         loop {
             if *shutdown.borrow() {
                 break;
             }
             // At full capacity only a finished job can change anything:
-            // skip the index scan until one does.
+            // skip the schedule until one does.
             let idle = if self.global.available_permits() > 0 {
                 let next = self.dispatch(&mut tasks);
                 let wait = next.map_or(MAX_IDLE.as_secs() as i64, |at| at - now_secs());
@@ -132,6 +201,10 @@ impl Scheduler {
             } else {
                 MAX_IDLE
             };
+            if last_flush.elapsed() >= FLUSH_EVERY {
+                last_flush = Instant::now();
+                self.flush_in_background();
+            }
             tokio::select! {
                 _ = self.queue.wake.notified() => {}
                 _ = tokio::time::sleep(idle) => {}
@@ -150,23 +223,67 @@ impl Scheduler {
         }
     }
 
+    /// Index writes of the last round go to disk together (one flush),
+    /// so a crash rarely forgets a delivery (which would repeat it).
+    fn flush_in_background(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.flushing.swap(true, SeqCst) {
+            return;
+        }
+        let queue = self.queue.clone();
+        let flushing = self.flushing.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = queue.flush_if_dirty() {
+                tracing::warn!(error = %e, "cannot flush the queue index");
+            }
+            flushing.store(false, SeqCst);
+        });
+    }
+
+    fn gate(&self, domain: &str, now: i64) -> Gate {
+        if self.limits.breaker_threshold == 0 {
+            return Gate::Open;
+        }
+        let mut health = self.health.lock();
+        let Some(h) = health.get_mut(domain) else {
+            return Gate::Open;
+        };
+        match h.open_until {
+            Some(until) if until > now => Gate::BackedOff(until, h.failures),
+            Some(_) if h.probing => Gate::Probing,
+            Some(_) => {
+                h.probing = true;
+                Gate::Open
+            }
+            None => Gate::Open,
+        }
+    }
+
     /// Starts every due job the limits allow. Returns when the next
     /// deferred recipient falls due, if any.
     pub fn dispatch(&self, tasks: &mut JoinSet<()>) -> Option<i64> {
         let now = now_secs();
         let instant = Instant::now();
         self.cooldown.lock().retain(|_, until| *until > instant);
-        let (due, next) = match self.queue.scan(now) {
-            Ok(scan) => scan,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the queue index");
-                return None;
+        // Only due messages are read (the queue's time-ordered schedule).
+        for id in self.queue.due_ids(now) {
+            if self.global.available_permits() == 0 {
+                break; // Everything is busy; finished jobs wake us.
             }
-        };
-        for message in due {
-            let Some(queue_id) = QueueId::parse(&message.queue_id) else {
+            let Some(queue_id) = QueueId::parse(&id) else {
                 continue;
             };
+            let message = match self.queue.show(&id) {
+                Ok(Some(message)) => message,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!(queue_id = %id, error = %e, "cannot read the queue index");
+                    continue;
+                }
+            };
+            if message.held {
+                continue;
+            }
             // Group this message's due recipients by destination domain.
             let mut by_domain: Vec<(String, Vec<String>)> = Vec::new();
             for r in message.recipients.iter().filter(|r| r.is_due(now)) {
@@ -181,10 +298,31 @@ impl Scheduler {
                 if self.in_flight.lock().contains(&key) || self.cooldown.lock().contains_key(&key) {
                     continue;
                 }
+                match self.gate(&domain, now) {
+                    Gate::Open => {}
+                    Gate::Probing => continue,
+                    Gate::BackedOff(until, failures) => {
+                        let reply = format!(
+                            "451 4.4.1 destination {domain} backed off after {failures} consecutive connection failures"
+                        );
+                        if let Err(e) =
+                            self.queue
+                                .postpone(&queue_id, &recipients, until, &reply, now)
+                        {
+                            tracing::error!(queue_id = %queue_id, error = %e, "cannot defer recipients of a backed-off destination");
+                            self.cooldown
+                                .lock()
+                                .insert(key.clone(), Instant::now() + COOLDOWN);
+                        }
+                        continue;
+                    }
+                }
                 let Ok(global) = self.global.clone().try_acquire_owned() else {
-                    return next; // Everything is busy; finished jobs wake us.
+                    self.release_probe(&domain);
+                    return self.queue.next_due_after(now);
                 };
                 let Ok(local) = self.domain_semaphore(&domain).try_acquire_owned() else {
+                    self.release_probe(&domain);
                     continue;
                 };
                 self.in_flight.lock().insert(key.clone());
@@ -199,9 +337,16 @@ impl Scheduler {
                 let deliver = self.deliver.clone();
                 let in_flight = self.in_flight.clone();
                 let cooldown = self.cooldown.clone();
+                let health = self.health.clone();
+                let limits = self.limits;
                 tasks.spawn(async move {
                     let _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit) = (global, local);
-                    if !run_job(queue.clone(), deliver, job).await {
+                    let domain = job.domain.clone();
+                    let (recorded, unreachable) = run_job(queue.clone(), deliver, job).await;
+                    if let Some(unreachable) = unreachable {
+                        note_health(&health, &limits, &domain, unreachable, now_secs());
+                    }
+                    if !recorded {
                         cooldown
                             .lock()
                             .insert(key.clone(), Instant::now() + COOLDOWN);
@@ -216,7 +361,14 @@ impl Scheduler {
         self.per_domain
             .lock()
             .retain(|_, s| s.available_permits() < per_destination);
-        next
+        self.queue.next_due_after(now)
+    }
+
+    /// A probe that could not start after all.
+    fn release_probe(&self, domain: &str) {
+        if let Some(h) = self.health.lock().get_mut(domain) {
+            h.probing = false;
+        }
     }
 
     fn domain_semaphore(&self, domain: &str) -> Arc<Semaphore> {
@@ -228,10 +380,44 @@ impl Scheduler {
     }
 }
 
+/// Updates a destination's health after a job: any answer resets it; a
+/// connection failure counts, and enough in a row back it off
+/// (`breaker_first`, doubling per trip, at most `breaker_max`).
+fn note_health(health: &HealthMap, limits: &Limits, domain: &str, unreachable: bool, now: i64) {
+    let mut map = health.lock();
+    if !unreachable {
+        map.remove(domain);
+        return;
+    }
+    if limits.breaker_threshold == 0 {
+        return;
+    }
+    let h = map.entry(domain.to_string()).or_default();
+    h.failures += 1;
+    h.probing = false;
+    if h.failures >= limits.breaker_threshold {
+        h.trips += 1;
+        let backoff = limits
+            .breaker_first
+            .checked_mul(1u32 << (h.trips - 1).min(20))
+            .unwrap_or(limits.breaker_max)
+            .min(limits.breaker_max);
+        let until = now + backoff.as_secs().max(1) as i64;
+        h.open_until = Some(until);
+        tracing::warn!(
+            %domain,
+            failures = h.failures,
+            backoff = ?backoff,
+            "destination backed off: its recipients are deferred without connecting"
+        );
+    }
+}
+
 /// Delivers one job and records its results.
-/// Returns false when the results could not be recorded: the caller then
-/// keeps the job back for a while instead of redelivering at once.
-async fn run_job(queue: Arc<Queue>, deliver: Arc<dyn Deliver>, job: Job) -> bool {
+/// Returns whether the results were recorded (if not, the caller keeps the
+/// job back for a while instead of redelivering at once), and, when the
+/// destination was tried, whether it was unreachable.
+async fn run_job(queue: Arc<Queue>, deliver: Arc<dyn Deliver>, job: Job) -> (bool, Option<bool>) {
     let span = tracing::info_span!("delivery", queue_id = %job.queue_id, journey = %job.journey, domain = %job.domain);
     async move {
         let id = job.queue_id.clone();
@@ -240,14 +426,15 @@ async fn run_job(queue: Arc<Queue>, deliver: Arc<dyn Deliver>, job: Job) -> bool
             Ok(Ok(spooled)) => spooled.message,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "cannot read spool file");
-                return unreadable_spool(&queue, &job);
+                return (unreadable_spool(&queue, &job), None);
             }
             Err(e) => {
                 tracing::error!(error = %e, "spool read task failed");
-                return false;
+                return (false, None);
             }
         };
         let hops = headers::count(&message, "received");
+        let mut tried = false;
         let outcomes = if hops > headers::MAX_HOPS {
             let reply =
                 format!("554 5.4.6 too many hops ({hops} Received header fields): mail loop?");
@@ -256,19 +443,37 @@ async fn run_job(queue: Arc<Queue>, deliver: Arc<dyn Deliver>, job: Job) -> bool
                 .map(|r| (r.clone(), Outcome::Failed(reply.clone())))
                 .collect()
         } else {
-            deliver.deliver(&job, &message).await
+            tried = true;
+            let started = Instant::now();
+            let outcomes = deliver.deliver(&job, &message).await;
+            correo_runtime::metrics::mta_delivery(
+                started.elapsed(),
+                outcomes.iter().map(|(_, o)| match o {
+                    Outcome::Delivered(_) => "delivered",
+                    Outcome::Deferred(_) => "deferred",
+                    Outcome::Failed(_) => "failed",
+                }),
+            );
+            outcomes
         };
+        let unreachable = tried.then(|| {
+            !outcomes.is_empty()
+                && outcomes
+                    .iter()
+                    .all(|(_, o)| matches!(o, Outcome::Deferred(r) if is_connection_failure(r)))
+        });
+        // `journey_event`: these lines are the MTA's journey records too.
         for (recipient, outcome) in &outcomes {
             match outcome {
-                Outcome::Delivered(reply) => tracing::info!(%recipient, %reply, "delivered"),
-                Outcome::Deferred(reply) => tracing::warn!(%recipient, %reply, "deferred"),
-                Outcome::Failed(reply) => tracing::warn!(%recipient, %reply, "failed"),
+                Outcome::Delivered(reply) => tracing::info!(%recipient, %reply, journey_event = "delivered", "delivered"),
+                Outcome::Deferred(reply) => tracing::warn!(%recipient, %reply, journey_event = "deferred", "deferred"),
+                Outcome::Failed(reply) => tracing::warn!(%recipient, %reply, journey_event = "failed", "failed"),
             }
         }
         let id = job.queue_id.clone();
         let recorded =
             tokio::task::spawn_blocking(move || queue.record(&id, &outcomes, now_secs())).await;
-        match recorded {
+        let recorded = match recorded {
             Ok(Ok(_)) => true,
             // The recipients stay as they were and are tried again later.
             Ok(Err(e)) => {
@@ -279,7 +484,8 @@ async fn run_job(queue: Arc<Queue>, deliver: Arc<dyn Deliver>, job: Job) -> bool
                 tracing::error!(error = %e, "recording task failed");
                 false
             }
-        }
+        };
+        (recorded, unreachable)
     }
     .instrument(span)
     .await
@@ -369,6 +575,7 @@ mod tests {
             first: Duration::from_secs(60),
             max: Duration::from_secs(600),
             lifetime: Duration::from_secs(3600),
+            delay_warning: Duration::ZERO,
         });
         Arc::new(Queue::open(dir, policy).unwrap().0)
     }
@@ -399,10 +606,7 @@ mod tests {
         let scheduler = Scheduler::new(
             queue.clone(),
             recorder.clone(),
-            Limits {
-                concurrency: 4,
-                per_destination: 2,
-            },
+            Limits::new(4, 2),
         );
         let (tx, rx) = watch::channel(false);
         let handle = tokio::spawn(scheduler.run(rx, Duration::from_secs(5)));
@@ -451,10 +655,7 @@ mod tests {
         let scheduler = Scheduler::new(
             queue.clone(),
             recorder.clone(),
-            Limits {
-                concurrency: 4,
-                per_destination: 4,
-            },
+            Limits::new(4, 4),
         );
         let mut tasks = JoinSet::new();
         scheduler.dispatch(&mut tasks);
@@ -470,5 +671,99 @@ mod tests {
             "451 4.3.0 spool file unreadable"
         );
         assert!(recorder.jobs.lock().is_empty());
+    }
+
+    /// Dead domains refuse connections; others deliver. Counts attempts and
+    /// the peak of concurrent jobs per domain.
+    #[derive(Default)]
+    struct Destinations {
+        attempts: Mutex<HashMap<String, usize>>,
+        running: Mutex<HashMap<String, usize>>,
+        peak: Mutex<HashMap<String, usize>>,
+    }
+
+    impl Deliver for Destinations {
+        fn deliver<'a>(
+            &'a self,
+            job: &'a Job,
+            _message: &'a [u8],
+        ) -> BoxFuture<'a, Vec<(String, Outcome)>> {
+            Box::pin(async move {
+                *self.attempts.lock().entry(job.domain.clone()).or_default() += 1;
+                {
+                    let mut running = self.running.lock();
+                    let now = running.entry(job.domain.clone()).or_default();
+                    *now += 1;
+                    let mut peak = self.peak.lock();
+                    let p = peak.entry(job.domain.clone()).or_default();
+                    *p = (*p).max(*now);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                *self.running.lock().get_mut(&job.domain).unwrap() -= 1;
+                let outcome = if job.domain.starts_with("dead") {
+                    Outcome::Deferred("451 4.4.1 192.0.2.9:25: connect failed: refused".into())
+                } else {
+                    Outcome::Delivered("250 ok".into())
+                };
+                job.recipients.iter().map(|r| (r.clone(), outcome.clone())).collect()
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dead_destination_is_backed_off_and_does_not_delay_a_live_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = open(dir.path()).await;
+        for _ in 0..300 {
+            queue.enqueue(envelope(&["u@dead.test"]), b"m\r\n").await.unwrap();
+        }
+        let mut live = Vec::new();
+        for _ in 0..20 {
+            live.push(queue.enqueue(envelope(&["u@live.test"]), b"m\r\n").await.unwrap());
+        }
+        let dest = Arc::new(Destinations::default());
+        let limits = Limits {
+            breaker_threshold: 3,
+            breaker_first: Duration::from_secs(600),
+            ..Limits::new(4, 2)
+        };
+        let scheduler = Scheduler::new(queue.clone(), dest.clone(), limits);
+        let (tx, rx) = watch::channel(false);
+        let handle = tokio::spawn(scheduler.clone().run(rx, Duration::from_secs(5)));
+        let started = Instant::now();
+        for _ in 0..500 {
+            if live.iter().all(|id| queue.show(id.as_str()).unwrap().is_none()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let took = started.elapsed();
+        tx.send(true).unwrap();
+        handle.await.unwrap();
+        assert!(
+            live.iter().all(|id| queue.show(id.as_str()).unwrap().is_none()),
+            "live mail waited behind the dead domain"
+        );
+        assert!(took < Duration::from_secs(4), "{took:?}");
+        // Only a handful of connection attempts to the dead domain; the
+        // rest were deferred without one, until the back-off ends.
+        let attempts = dest.attempts.lock().get("dead.test").copied().unwrap_or(0);
+        assert!(attempts <= 3 + 2, "{attempts} attempts to a dead domain");
+        let health = scheduler.health("dead.test");
+        assert!(health.open_until.is_some() && health.failures >= 3, "{health:?}");
+        let left = queue.list().unwrap();
+        assert_eq!(left.len(), 300);
+        let backed_off = left
+            .iter()
+            .filter(|m| m.recipients[0].last_reply.contains("backed off") && m.recipients[0].attempts == 0)
+            .count();
+        assert!(backed_off >= 290, "{backed_off}");
+        assert!(queue.due_ids(now_secs()).is_empty());
+        // Per-destination limit held.
+        assert!(dest.peak.lock().values().all(|&p| p <= 2), "{:?}", dest.peak.lock());
+        assert!(is_connection_failure("451 4.4.1 x: connect failed"));
+        assert!(is_connection_failure("451 4.4.3 MDA unavailable: x"));
+        assert!(!is_connection_failure("451 4.2.0 mailbox busy"));
+        assert!(!is_connection_failure("550 5.4.1 x"));
     }
 }

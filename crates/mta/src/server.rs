@@ -5,7 +5,8 @@ use crate::config::Config;
 use crate::grpc::{AdminService, QueueService};
 use crate::inbound::{Inbound, InboundHandler};
 use crate::local::{Mda, MdaError};
-use crate::queue::{Queue, QueueError};
+use crate::queue::{Queue, QueueError, QueueOptions};
+use crate::space::Statvfs;
 use crate::relay::{Relay, SmtpClient};
 use crate::retry::RetryPolicy;
 use crate::route::{DnsError, HickoryResolver};
@@ -78,12 +79,31 @@ impl Server {
             path: config.data_dir.display().to_string(),
             source,
         })?;
+        correo_runtime::journey::init("mta", &node, Some(&correo_runtime::journey::default_log(&config.data_dir)));
+        if let Some(metrics) = correo_runtime::metrics::start(&config.metrics, "mta")
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: config.metrics.listen.unwrap_or(config.grpc.listen),
+                source,
+            })?
+        {
+            metrics.detach();
+        }
         let data_dir = config.data_dir.clone();
         let retry = RetryPolicy::new(&config.retry);
+        let options = QueueOptions {
+            hostname: config.hostname.clone(),
+            min_free_bytes: config.spool.min_free_bytes,
+            probe: Arc::new(Statvfs),
+        };
         // Reconciliation reads every spool file: keep it off the workers.
-        let (queue, report) = tokio::task::spawn_blocking(move || Queue::open(&data_dir, retry))
-            .await
-            .expect("queue open task")?;
+        let (queue, report) =
+            tokio::task::spawn_blocking(move || Queue::open_with(&data_dir, retry, options))
+                .await
+                .expect("queue open task")?;
+        if let Some(aside) = &report.index_set_aside {
+            tracing::warn!(path = %aside.display(), "damaged queue index set aside; rebuilt from the spool");
+        }
         tracing::info!(
             node = %node,
             queued = report.queued,
@@ -93,6 +113,22 @@ impl Server {
             "queue opened"
         );
         let queue = Arc::new(queue);
+        let counted = queue.clone();
+        // The queue gauge of /metrics, counted at each scrape.
+        correo_runtime::metrics::set_queue_source(move || {
+            let mut counts = Vec::new();
+            for m in counted.list().unwrap_or_default() {
+                for r in m.recipients.iter().filter(|r| !r.status.is_final()) {
+                    let state = if m.held { "held" } else { r.status.as_str() };
+                    counts.push(correo_runtime::metrics::QueueCount {
+                        state: state.to_string(),
+                        destination: r.domain(),
+                        recipients: 1,
+                    });
+                }
+            }
+            counts
+        });
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
 
@@ -124,6 +160,9 @@ impl Server {
             Limits {
                 concurrency: config.scheduler.concurrency,
                 per_destination: config.scheduler.per_destination,
+                breaker_threshold: config.scheduler.breaker_threshold,
+                breaker_first: config.retry.first,
+                breaker_max: config.retry.max,
             },
         );
         tasks.spawn(scheduler.run(stop_rx.clone(), SHUTDOWN_GRACE));
@@ -200,6 +239,7 @@ impl Server {
             .tls_config(grpc_server_tls(&config.tls, true)?)?
             .add_service(health)
             .add_service(reflection)
+            .add_service(correo_runtime::journey::service())
             .add_service(QueueServer::new(QueueService {
                 queue: queue.clone(),
                 hostname: config.hostname.clone(),

@@ -154,6 +154,51 @@ impl Spool {
         self.syncer.sync().await.map_err(io_err(&self.active))
     }
 
+    /// [`Spool::store`] for callers that are already on a blocking thread
+    /// (the queue writing a DSN while it records a failure): the same
+    /// write, fsync, link, then its own directory fsync.
+    pub fn store_blocking(
+        &self,
+        envelope: &SpoolEnvelope,
+        message: &[u8],
+    ) -> Result<(), SpoolError> {
+        let id = QueueId::parse(&envelope.queue_id).ok_or_else(|| SpoolError::Corrupt {
+            path: self.active.join(&envelope.queue_id),
+            reason: "invalid queue id".into(),
+        })?;
+        let mut header = Vec::with_capacity(MAGIC.len() + 256);
+        header.extend_from_slice(MAGIC);
+        serde_json::to_writer(&mut header, envelope).map_err(|e| SpoolError::Corrupt {
+            path: self.path(&id),
+            reason: e.to_string(),
+        })?;
+        header.push(b'\n');
+        let tmp = self.tmp.join(format!("{id}.{:08x}", rand::random::<u32>()));
+        write_and_link(&tmp, &self.path(&id), &header, message)?;
+        File::open(&self.active)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&self.active))
+    }
+
+    /// The first `limit` octets of a queued message (its header section,
+    /// for a DSN), without reading a large body.
+    pub fn read_prefix(&self, id: &QueueId, limit: usize) -> Result<Vec<u8>, SpoolError> {
+        let path = self.path(id);
+        let file = File::open(&path).map_err(io_err(&path))?;
+        let mut reader = BufReader::new(file);
+        let mut head = Vec::new();
+        for _ in 0..2 {
+            reader.read_until(b'\n', &mut head).map_err(io_err(&path))?;
+        }
+        parse_header(&path, &head)?;
+        let mut message = Vec::new();
+        reader
+            .take(limit as u64)
+            .read_to_end(&mut message)
+            .map_err(io_err(&path))?;
+        Ok(message)
+    }
+
     /// Reads a spool file: envelope and message.
     pub fn read(&self, id: &QueueId) -> Result<SpooledMessage, SpoolError> {
         let path = self.path(id);

@@ -88,6 +88,12 @@ impl Directory for FakeMda {
     ) -> Result<Response<AuthenticateReply>, Status> {
         Err(Status::unimplemented("not here"))
     }
+    async fn get_scram_credentials(
+        &self,
+        _r: Request<correo_proto::directory::GetScramCredentialsRequest>,
+    ) -> Result<Response<correo_proto::directory::GetScramCredentialsReply>, Status> {
+        Err(Status::unimplemented("not here"))
+    }
     async fn check_recipient(
         &self,
         request: Request<CheckRecipientRequest>,

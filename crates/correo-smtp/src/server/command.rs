@@ -141,6 +141,7 @@ pub(crate) fn parse(line: &str, postmaster_domain: &str) -> Result<Command, Repl
             mechanism: match mechanism {
                 smtp_proto::AUTH_PLAIN => Some(AuthMechanism::Plain),
                 smtp_proto::AUTH_LOGIN => Some(AuthMechanism::Login),
+                smtp_proto::AUTH_SCRAM_SHA_256 => Some(AuthMechanism::ScramSha256),
                 _ => None,
             },
             initial: match initial_response {

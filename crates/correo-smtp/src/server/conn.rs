@@ -78,6 +78,7 @@ where
     /// Queues a reply; replies are sent in batches (RFC 2920) by `flush`,
     /// which runs before every read.
     pub fn queue(&mut self, reply: &Reply) {
+        correo_runtime::metrics::smtp_reply(reply.code);
         self.out.extend_from_slice(&reply.to_wire());
     }
 
@@ -132,6 +133,23 @@ where
                 self.inbuf.truncate(start);
                 Err(e)
             }
+        }
+    }
+
+    /// Before the greeting: waits up to `delay` for input (without consuming
+    /// it) and says whether the client sent anything. Bytes already
+    /// buffered count even with a zero delay.
+    pub async fn talks_within(&mut self, delay: Duration) -> Result<bool, End> {
+        if !self.pending().is_empty() {
+            return Ok(true);
+        }
+        if delay.is_zero() {
+            return Ok(false);
+        }
+        match self.fill(Instant::now() + delay).await {
+            Ok(()) => Ok(true),
+            Err(End::Timeout) => Ok(false),
+            Err(e) => Err(e),
         }
     }
 

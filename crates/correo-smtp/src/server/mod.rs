@@ -6,8 +6,11 @@
 
 mod command;
 mod conn;
+mod limit;
 mod sasl;
 mod session;
+
+pub use limit::{ConnectionLimiter, ConnectionPermit, LimitExceeded};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -32,6 +35,8 @@ pub use crate::reader::BareLineEndings;
 pub enum AuthMechanism {
     Plain,
     Login,
+    /// RFC 5802/7677; needs [`Handler::scram_credentials`].
+    ScramSha256,
 }
 
 impl AuthMechanism {
@@ -40,6 +45,7 @@ impl AuthMechanism {
         match self {
             AuthMechanism::Plain => "PLAIN",
             AuthMechanism::Login => "LOGIN",
+            AuthMechanism::ScramSha256 => "SCRAM-SHA-256",
         }
     }
 }
@@ -65,6 +71,11 @@ pub struct ServerConfig {
     /// For the whole DATA phase.
     pub data_timeout: Duration,
     pub bare_line_endings: BareLineEndings,
+    /// How long to wait before sending the greeting. A client that sends
+    /// anything before it is an early talker (spam bots, RFC 5321 4.3.1
+    /// violators): `554 5.5.1` and close. Default 0: no wait, but bytes
+    /// already buffered at greeting time are still refused.
+    pub greeting_delay: Duration,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -81,6 +92,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("command_timeout", &self.command_timeout)
             .field("data_timeout", &self.data_timeout)
             .field("bare_line_endings", &self.bare_line_endings)
+            .field("greeting_delay", &self.greeting_delay)
             .finish()
     }
 }
@@ -88,7 +100,7 @@ impl std::fmt::Debug for ServerConfig {
 impl ServerConfig {
     /// Defaults: no TLS (`TlsMode::None`), no AUTH, 10 MiB messages, 100
     /// recipients, 10 errors, 5 min per command, 10 min for DATA, bare line
-    /// endings rejected.
+    /// endings rejected, no greeting delay.
     pub fn new(hostname: impl Into<String>) -> Self {
         ServerConfig {
             hostname: hostname.into(),
@@ -102,6 +114,7 @@ impl ServerConfig {
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(600),
             bare_line_endings: BareLineEndings::Reject,
+            greeting_delay: Duration::ZERO,
         }
     }
 }
@@ -150,6 +163,30 @@ pub trait Handler: Send {
     ) -> Result<String, Reply> {
         Err(Reply::new(535, "5.7.8", "authentication failed"))
     }
+    /// AUTH SCRAM-SHA-256: the stored verifier of `username`. `Ok(None)`
+    /// for an unknown user (or one without a verifier): the exchange then
+    /// runs against a decoy and fails at the proof like a wrong password.
+    /// Err refuses at once (e.g. 454 4.7.0, or 421 when throttled).
+    /// Default: no verifiers.
+    async fn scram_credentials(
+        &mut self,
+        _info: &SessionInfo,
+        _username: &str,
+    ) -> Result<Option<crate::scram::ScramCredentials>, Reply> {
+        Ok(None)
+    }
+    /// After a verified SCRAM proof: Ok(identity), as `authenticate`'s Ok.
+    /// Default: refuse.
+    async fn scram_authenticated(
+        &mut self,
+        _info: &SessionInfo,
+        _username: &str,
+    ) -> Result<String, Reply> {
+        Err(Reply::new(535, "5.7.8", "authentication failed"))
+    }
+    /// A SCRAM proof did not verify (wrong password or unknown user); for
+    /// throttling and logs. Default: nothing.
+    fn scram_failed(&mut self, _info: &SessionInfo, _username: &str) {}
     async fn mail(&mut self, info: &SessionInfo, sender: &ReversePath) -> Result<(), Reply>;
     /// `envelope` holds the sender and the recipients accepted so far.
     async fn rcpt(
@@ -164,6 +201,10 @@ pub trait Handler: Send {
     /// RSET, a new EHLO, or the end of a transaction. Default: nothing.
     fn reset(&mut self) {}
 }
+
+// A handler reply with code 421 (from any method) makes the driver close the
+// session after sending it: 421 means "closing the channel" (RFC 5321 4.2.3).
+
 
 /// Runs one SMTP session on an accepted connection until QUIT, error, timeout
 /// or `shutdown` resolving (then 421 4.3.2 and close). Never panics on input.
@@ -196,4 +237,34 @@ where
     session::Session::new(conn, &config, handler, info)
         .run()
         .await
+}
+
+/// Refuses an accepted connection without a session: runs the TLS
+/// handshake first for [`TlsMode::Implicit`] (so the client can read the
+/// reply), sends `reply` (e.g. from [`LimitExceeded::reply`]) and closes.
+/// Bounded by `config.command_timeout`, at most 10 s (refusals are cheap).
+pub async fn refuse<S>(
+    stream: S,
+    config: &ServerConfig,
+    reply: &Reply,
+) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let limit = config.command_timeout.min(Duration::from_secs(10));
+    let never = std::pin::pin!(std::future::pending::<()>());
+    let mut conn = conn::Conn::new(stream, never, limit);
+    if config.tls_mode == TlsMode::Implicit {
+        let Some(tls) = config.tls.clone() else {
+            return Err(std::io::Error::other(
+                "TlsMode::Implicit without a TLS configuration",
+            ));
+        };
+        if let Err(e) = conn.start_tls(tls, limit).await {
+            return Err(std::io::Error::other(format!("TLS handshake: {e:?}")));
+        }
+    }
+    conn.queue(reply);
+    conn.close().await;
+    Ok(())
 }

@@ -29,6 +29,15 @@ impl SaslError {
     }
 }
 
+/// Base64 to octets.
+pub(crate) fn decode_bytes(b64: &str) -> Result<Vec<u8>, SaslError> {
+    STANDARD.decode(b64.trim()).map_err(|_| SaslError::Base64)
+}
+
+pub(crate) fn encode(bytes: &[u8]) -> String {
+    STANDARD.encode(bytes)
+}
+
 /// Base64 to UTF-8 text.
 pub(crate) fn decode_text(b64: &str) -> Result<String, SaslError> {
     let bytes = STANDARD.decode(b64.trim()).map_err(|_| SaslError::Base64)?;

@@ -67,6 +67,7 @@ where
 
     /// Runs the session to its end and closes the connection.
     pub async fn run(mut self) -> std::io::Result<()> {
+        let _metrics = correo_runtime::metrics::smtp_session();
         tracing::debug!(peer = %self.info.peer, "SMTP session start");
         let result = self.run_inner().await;
         tracing::debug!(peer = %self.info.peer, end = ?result, errors = self.errors, "SMTP session end");
@@ -109,6 +110,20 @@ where
                     .await?,
             );
         }
+        // RFC 5321 4.3.1: the client waits for the greeting. One that talks
+        // first is a bot or a smuggling attempt; it never gets a session.
+        if self.conn.talks_within(self.config.greeting_delay).await? {
+            tracing::info!(peer = %self.info.peer, "client talked before the greeting");
+            self.conn.queue(&Reply::new(
+                554,
+                "5.5.1",
+                format!(
+                    "{} protocol error: data sent before the greeting",
+                    self.config.hostname
+                ),
+            ));
+            return Ok(());
+        }
         let greeting = Reply::new(220, "", format!("{} ESMTP Correo", self.config.hostname));
         self.conn.queue(&greeting);
         loop {
@@ -140,6 +155,9 @@ where
     /// session ends (slows down guessing and broken clients).
     fn refuse(&mut self, reply: Reply) -> Flow {
         self.conn.queue(&reply);
+        if reply.code == 421 {
+            return Flow::Close;
+        }
         self.errors += 1;
         if self.errors >= self.config.max_errors {
             self.conn.queue(&Reply::new(
@@ -152,12 +170,18 @@ where
         Flow::Continue
     }
 
+    /// Sends a reply; a 421 (e.g. from a handler) closes the session, as
+    /// the code says (RFC 5321 4.2.3).
     fn reply(&mut self, reply: Reply) -> Flow {
         self.conn.queue(&reply);
+        if reply.code == 421 {
+            return Flow::Close;
+        }
         Flow::Continue
     }
 
     async fn dispatch(&mut self, line: &str) -> Step {
+        correo_runtime::metrics::smtp_command(line);
         let command = match command::parse(line, &self.config.hostname) {
             Ok(c) => c,
             Err(reply) => return Ok(self.refuse(reply)),
@@ -300,6 +324,7 @@ where
                 None => Reply::new(451, "4.3.0", "transaction lost"),
             },
         };
+        correo_runtime::metrics::smtp_message(reply.code);
         self.reset_transaction();
         Ok(self.reply(reply))
     }
@@ -388,6 +413,7 @@ where
         let credentials = match mechanism {
             AuthMechanism::Plain => self.auth_plain(initial).await?,
             AuthMechanism::Login => self.auth_login(initial).await?,
+            AuthMechanism::ScramSha256 => return self.auth_scram(initial).await,
         };
         let (username, password) = match credentials {
             Ok(c) => c,
@@ -408,6 +434,66 @@ where
                 tracing::debug!(peer = %self.info.peer, username = ?username, "authentication failed");
                 Ok(self.refuse(reply))
             }
+        }
+    }
+
+    /// RFC 5802 over RFC 4954: client-first (initial response or after an
+    /// empty 334), 334 server-first, client-final, 334 server-final, an
+    /// empty line, 235.
+    async fn auth_scram(&mut self, initial: Option<String>) -> Step {
+        use crate::scram;
+        let first = match initial {
+            Some(r) if !r.is_empty() => r,
+            _ => match self.challenge("").await? {
+                Ok(r) => r,
+                Err(reply) => return Ok(self.refuse(reply)),
+            },
+        };
+        let first = match sasl::decode_bytes(&first)
+            .map_err(|e| e.reply())
+            .and_then(|b| scram::parse_client_first(&b).map_err(|e| scram_reply(&e)))
+        {
+            Ok(f) => f,
+            Err(reply) => return Ok(self.refuse(reply)),
+        };
+        let username = first.username.clone();
+        let credentials = match self.handler.scram_credentials(&self.info, &username).await {
+            Ok(Some(c)) => c,
+            Ok(None) => scram::decoy_credentials(&username),
+            Err(reply) => return Ok(self.refuse(reply)),
+        };
+        let (server, server_first) = scram::ScramServer::new(first, credentials, &scram::random_nonce());
+        let final_msg = match self.challenge(&sasl::encode(server_first.as_bytes())).await? {
+            Ok(r) => r,
+            Err(reply) => return Ok(self.refuse(reply)),
+        };
+        let final_msg = match sasl::decode_bytes(&final_msg) {
+            Ok(b) => b,
+            Err(e) => return Ok(self.refuse(e.reply())),
+        };
+        let server_final = match server.finish(&final_msg) {
+            Ok(v) => v,
+            Err(e) => {
+                if e == scram::ScramError::Proof {
+                    tracing::debug!(peer = %self.info.peer, username = ?username, "SCRAM authentication failed");
+                    self.handler.scram_failed(&self.info, &username);
+                }
+                return Ok(self.refuse(scram_reply(&e)));
+            }
+        };
+        // The client checks our signature and answers with an empty line.
+        match self.challenge(&sasl::encode(server_final.as_bytes())).await? {
+            Ok(r) if r.trim().is_empty() => {}
+            Ok(_) => return Ok(self.refuse(Reply::new(501, "5.5.2", "expected an empty response"))),
+            Err(reply) => return Ok(self.refuse(reply)),
+        }
+        match self.handler.scram_authenticated(&self.info, &username).await {
+            Ok(identity) => {
+                tracing::debug!(peer = %self.info.peer, identity = ?identity, "authenticated (SCRAM-SHA-256)");
+                self.info.authenticated = Some(identity);
+                Ok(self.reply(Reply::new(235, "2.7.0", "authentication successful")))
+            }
+            Err(reply) => Ok(self.refuse(reply)),
         }
     }
 
@@ -463,5 +549,15 @@ where
             }
             Ok(line) => Ok(line),
         })
+    }
+}
+
+fn scram_reply(e: &crate::scram::ScramError) -> Reply {
+    use crate::scram::ScramError;
+    match e {
+        ScramError::Proof | ScramError::Authzid => {
+            Reply::new(535, "5.7.8", "authentication credentials invalid")
+        }
+        other => Reply::new(501, "5.5.2", other.to_string()),
     }
 }
