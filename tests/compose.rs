@@ -222,8 +222,8 @@ impl Stack {
         Ok(port)
     }
 
-    /// Subjects of the messages in a Maildir `new/` of a container (copied out).
-    fn maildir_subjects(&self, container: &str, maildir: &str) -> Result<Vec<String>> {
+    /// The messages in a Maildir `new/` of a container (copied out).
+    fn maildir_messages(&self, container: &str, maildir: &str) -> Result<Vec<String>> {
         let dir = tempfile::tempdir()?;
         let dest = dir.path().join("new");
         let out = run(Command::new("docker")
@@ -233,18 +233,26 @@ impl Stack {
         if !out.status.success() {
             return Ok(Vec::new()); // no mail yet: the Maildir does not exist
         }
-        let mut subjects = Vec::new();
+        let mut messages = Vec::new();
         for entry in std::fs::read_dir(&dest)? {
-            let text = std::fs::read_to_string(entry?.path())?;
-            let head = text.split("\r\n\r\n").next().unwrap_or("");
-            let subject = head
-                .lines()
-                .find_map(|l| l.strip_prefix("Subject: "))
-                .unwrap_or("")
-                .to_string();
-            subjects.push(subject);
+            messages.push(std::fs::read_to_string(entry?.path())?);
         }
-        Ok(subjects)
+        Ok(messages)
+    }
+
+    /// Subjects of the messages in a Maildir `new/` of a container.
+    fn maildir_subjects(&self, container: &str, maildir: &str) -> Result<Vec<String>> {
+        Ok(self
+            .maildir_messages(container, maildir)?
+            .iter()
+            .map(|text| {
+                let head = text.split("\r\n\r\n").next().unwrap_or("");
+                head.lines()
+                    .find_map(|l| l.strip_prefix("Subject: "))
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect())
     }
 
     fn dump(&self) {
@@ -276,6 +284,45 @@ impl Drop for Stack {
             "5",
         ]));
         let _ = run(Command::new("docker").args(["rmi", "-f", &self.image]));
+    }
+}
+
+/// Compose projects of this test are `correotest-<pid>-<random>`.
+const PROJECT_PREFIX: &str = "correotest-";
+
+/// Takes down what an earlier run left behind when it was killed before its
+/// Drop ran (e.g. by the nextest timeout): projects whose test process is gone.
+fn remove_stale_projects(compose: &[String], context: &Path) {
+    let Ok(out) = run(Command::new("docker").args([
+        "ps",
+        "-a",
+        "--filter",
+        "label=com.docker.compose.project",
+        "--format",
+        "{{.Label \"com.docker.compose.project\"}}",
+    ])) else {
+        return;
+    };
+    let projects: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|p| p.starts_with(PROJECT_PREFIX))
+        .map(str::to_string)
+        .collect();
+    for project in projects {
+        let tag = &project[PROJECT_PREFIX.len()..];
+        let pid = tag.split('-').next().unwrap_or("");
+        if pid.is_empty() || Path::new("/proc").join(pid).exists() {
+            continue;
+        }
+        eprintln!("compose: removing stale project {project}");
+        let stale = Stack {
+            compose: compose.to_vec(),
+            project: project.clone(),
+            image: format!("correo-test:{tag}"),
+            context: tempfile::tempdir_in(context.parent().unwrap_or(context)).unwrap(),
+            net: "10.89.53".into(),
+        };
+        drop(stale); // Drop runs `down -v` and removes the image
     }
 }
 
@@ -396,8 +443,9 @@ fn compose_two_orgs_mx_hop_scaling_and_failover() {
     let started = Instant::now();
     let bin_dir = build_binaries();
     let tag = format!("{}-{:08x}", std::process::id(), rand::random::<u32>());
-    let project = format!("correotest{tag}").replace('-', "");
+    let project = format!("{PROJECT_PREFIX}{tag}");
     let context = tempfile::tempdir().unwrap();
+    remove_stale_projects(&compose, context.path());
     let mut stack = Stack {
         compose,
         project: project.clone(),
@@ -416,6 +464,11 @@ fn compose_two_orgs_mx_hop_scaling_and_failover() {
         .unwrap();
     assert!(status.success(), "deploy/prebuilt.sh failed");
     stack.compose(&["build", "certs-a"]).unwrap();
+    eprintln!(
+        "compose: image {} built after {:?}",
+        stack.image,
+        started.elapsed()
+    );
 
     // A /24 of our own; pick another if it overlaps a network of this host.
     let mut up = Err(anyhow::anyhow!("no attempt"));
@@ -461,18 +514,36 @@ fn compose_two_orgs_mx_hop_scaling_and_failover() {
         )
         .unwrap();
     assert!(out.contains("queued as"), "{out}");
-    wait_for(
+    let message = wait_for(
         "Hello Bob in bob's Maildir",
         Duration::from_secs(60),
         || {
             Ok(stack
-                .maildir_subjects(&mda_b, BOB_MAILDIR)?
-                .iter()
-                .any(|s| s == "Hello Bob")
-                .then_some(()))
+                .maildir_messages(&mda_b, BOB_MAILDIR)?
+                .into_iter()
+                .find(|m| m.contains("\r\nSubject: Hello Bob\r\n")))
         },
     )
     .unwrap();
+    // Org A's MTA queued it from the MSA, found another.test's MX through
+    // the DNS server and handed it to org B's MTA over SMTP with STARTTLS.
+    assert!(
+        message.starts_with("Return-Path: <alice@example.test>\r\n"),
+        "{message}"
+    );
+    assert!(
+        message.contains("by mx.example.test (mx.example.test) via gRPC"),
+        "{message}"
+    );
+    assert!(
+        message.contains("Received: from mx.example.test ("),
+        "{message}"
+    );
+    assert!(
+        message.contains("by mx.another.test with ESMTPS"),
+        "{message}"
+    );
+    assert!(message.contains("Across the MX hop."), "{message}");
     let list = stack.mua("mua-b", "bob@another.test", &["list"]).unwrap();
     assert!(
         list.contains("Hello Bob") && list.contains("alice@example.test"),

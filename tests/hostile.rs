@@ -525,7 +525,7 @@ assert s.buf == b"", s.buf
 s.sock = ctx().wrap_socket(s.sock)
 s.expect("MAIL FROM:<alice@example.test>", 503, "5.5.1")
 t = s.expect("EHLO py.client.test", 250)
-assert "AUTH PLAIN LOGIN" in t, t
+assert "AUTH SCRAM-SHA-256 PLAIN LOGIN" in t, t
 s.expect("MAIL FROM:<alice@example.test>", 530, "5.7.0")
 s.expect("STARTTLS", 503, "5.5.1")
 s.login("alice@example.test", "alice-secret")
@@ -807,4 +807,109 @@ assert data.startswith(b"421 4.7.0"), data
 print("ok")
 "#;
     assert!(run_python(&script).contains("ok"));
+}
+
+// ---------------------------------------------------------------------------
+// SCRAM-SHA-256 (RFC 5802/7677) against the real MSA and MDA, with a client
+// written here (smtplib has none).
+
+#[test]
+fn msa_scram_sha256() {
+    let org = Org::start(OrgOptions::new("example.test")).unwrap();
+    let script = python_prelude(&org)
+        + r#"
+import hashlib, hmac, os
+def tls_session():
+    s = S(587)
+    s.expect("EHLO py.client.test", 250)
+    s.starttls()
+    t = s.expect("EHLO py.client.test", 250)
+    assert "SCRAM-SHA-256" in t, t
+    return s
+def scram(s, user, password, tamper=None):
+    cnonce = base64.b64encode(os.urandom(18)).decode()
+    bare = "n=%s,r=%s" % (user.replace("=", "=3D").replace(",", "=2C"), cnonce)
+    c, t = s.cmd("AUTH SCRAM-SHA-256 " + base64.b64encode(("n,," + bare).encode()).decode())
+    assert c == 334, (c, t)
+    sf = base64.b64decode(t).decode()
+    attrs = dict(kv.split("=", 1) for kv in sf.split(","))
+    assert attrs["r"].startswith(cnonce) and len(attrs["r"]) > len(cnonce), sf
+    salt = base64.b64decode(attrs["s"])
+    it = int(attrs["i"])
+    assert it >= 4096, it
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, it)
+    ck = hmac.new(salted, b"Client Key", "sha256").digest()
+    sk = hashlib.sha256(ck).digest()
+    nonce = attrs["r"] + ("x" if tamper == "nonce" else "")
+    wp = ("c=biws" if tamper != "cbind" else "c=eSws") + ",r=" + nonce
+    am = (bare + "," + sf + "," + wp).encode()
+    sig = hmac.new(sk, am, "sha256").digest()
+    proof = bytes(a ^ b for a, b in zip(ck, sig))
+    c, t = s.cmd(base64.b64encode((wp + ",p=" + base64.b64encode(proof).decode()).encode()).decode())
+    if c != 334:
+        return c, t, attrs
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    expect = "v=" + base64.b64encode(hmac.new(server_key, am, "sha256").digest()).decode()
+    assert base64.b64decode(t).decode() == expect, "server signature does not verify"
+    c, t = s.cmd("")
+    return c, t, attrs
+
+# Success, then a message goes through.
+s = tls_session()
+c, t, good = scram(s, "alice@example.test", "alice-secret")
+assert c == 235 and t.startswith("2.7.0"), (c, t)
+s.expect("AUTH SCRAM-SHA-256", 503, "5.5.1")
+s.expect("MAIL FROM:<alice@example.test>", 250, "2.1.0")
+s.expect("MAIL FROM:<alice@example.test>", 503, "5.5.1")
+s.expect("RSET", 250)
+s.expect("MAIL FROM:<bob@example.test>", 550, "5.7.1")
+s.expect("MAIL FROM:<alice@example.test>", 250, "2.1.0")
+s.expect("RCPT TO:<bob@example.test>", 250, "2.1.5")
+s.expect("DATA", 354)
+s.send(b"From: alice@example.test\r\nTo: bob@example.test\r\nSubject: via SCRAM\r\n\r\nscram body\r\n.\r\n")
+s.expect_reply(250, "2.0.0", "DATA")
+s.expect("QUIT", 221)
+
+# Wrong password and unknown user: the same 535 5.7.8, and an unknown user
+# gets a server-first message of the same shape.
+s = tls_session()
+c, t, _ = scram(s, "alice@example.test", "wrong")
+assert c == 535 and t.startswith("5.7.8"), (c, t)
+c, t, decoy = scram(s, "nobody@example.test", "whatever")
+assert c == 535 and t.startswith("5.7.8"), (c, t)
+assert decoy["i"] == good["i"] and len(base64.b64decode(decoy["s"])) == len(base64.b64decode(good["s"])), (decoy, good)
+c, t, decoy2 = scram(s, "nobody@example.test", "whatever")
+assert decoy2["s"] == decoy["s"], "decoy salt must be stable per user"
+# Tampered nonce or channel binding: refused.
+c, t, _ = scram(s, "bob@example.test", "bob-secret", tamper="nonce")
+assert c == 501, (c, t)
+c, t, _ = scram(s, "bob@example.test", "bob-secret", tamper="cbind")
+assert c == 501, (c, t)
+s.expect("QUIT", 221)
+
+# Malformed and cancelled exchanges.
+s = tls_session()
+s.expect("AUTH SCRAM-SHA-256 " + base64.b64encode(b"p=tls-unique,,n=bob@example.test,r=abc").decode(), 501, "5.5.2")
+s.expect("AUTH SCRAM-SHA-256 " + base64.b64encode(b"n,,m=x,n=bob@example.test,r=abc").decode(), 501, "5.5.2")
+s.expect("AUTH SCRAM-SHA-256 " + base64.b64encode(b"n,a=alice@example.test,n=bob@example.test,r=abc").decode(), 535, "5.7.8")
+s.expect("AUTH SCRAM-SHA-256 !!!", 501, "5.5.2")
+s.expect("AUTH SCRAM-SHA-256", 334)
+s.expect("*", 501)
+s.expect("QUIT", 221)
+
+# SCRAM failures count towards login throttling (5 per account).
+s = tls_session()
+for i in range(5):
+    c, t, _ = scram(s, "bob@example.test", "wrong-%d" % i)
+    assert c == 535, (c, t)
+s.expect("QUIT", 221)
+s = tls_session()
+c, t = s.cmd("AUTH SCRAM-SHA-256 " + base64.b64encode(b"n,,n=bob@example.test,r=abcdef").decode())
+assert c == 421 and t.startswith("4.7.0"), (c, t)
+assert s.closed()
+print("ok")
+"#;
+    assert!(run_python(&script).contains("ok"));
+    let mail = org.wait_for_mail("bob", 1, WAIT).unwrap();
+    assert!(mail[0].contains("scram body"), "{}", mail[0]);
 }

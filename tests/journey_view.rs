@@ -163,6 +163,35 @@ fn correo_journey_shows_every_hop_across_two_domains() {
     let json = journey(&[by_message_id, vec!["--json".into()]].concat());
     assert!(json.contains("\"kind\": \"connected\""), "{json}");
 
+    // The MSA's own gRPC listener answers the standard health check (mutual TLS).
+    let certs = org_a.path("certs");
+    let probe = Command::new(correo_bin())
+        .args(["probe", "grpc", &format!("https://{}:{MSA_GRPC_PORT}", org_a.ip)])
+        .arg("--ca")
+        .arg(certs.join("ca.pem"))
+        .arg("--cert")
+        .arg(certs.join("mta.pem"))
+        .arg("--key")
+        .arg(certs.join("mta.key"))
+        .args(["--server-name", "msa"])
+        .output()
+        .unwrap();
+    assert!(probe.status.success(), "MSA health: {}", String::from_utf8_lossy(&probe.stderr));
+
+    // Bob sees the hops of his own message, without any certificate.
+    let id = org_b.maildir_new("bob")[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .split(":2,")
+        .next()
+        .unwrap()
+        .to_string();
+    let mine = org_b.run_mua("bob", &["journey", &id]).unwrap();
+    assert!(mine.contains("mx.another.test received from mx.example.test"), "{mine}");
+    assert!(mine.contains("with ESMTPS (TLS)"), "{mine}");
+    assert!(mine.contains(&journey_id), "{mine}");
+
     // Metrics counted the trip.
     let msa = scrape(org_a.addr(METRICS_PORT));
     assert!(msa.contains("correo_smtp_messages_total{result=\"accepted\"} 1"), "{msa}");

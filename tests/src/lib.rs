@@ -19,6 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod load;
 pub mod smtp;
 
 /// Directory holding the workspace's debug binaries.
@@ -217,6 +218,8 @@ pub struct OrgOptions {
     pub dns: Option<SocketAddr>,
     /// First retry delay of the MTA (tests keep it short).
     pub retry_first: String,
+    /// Longest retry delay of the MTA (and of its destination back-off).
+    pub retry_max: String,
     /// Extra TOML appended to the MTA's configuration.
     pub mta_extra: String,
 }
@@ -227,6 +230,7 @@ impl OrgOptions {
             domain: domain.to_string(),
             dns: None,
             retry_first: "1s".into(),
+            retry_max: "10s".into(),
             mta_extra: String::new(),
         }
     }
@@ -306,10 +310,11 @@ impl Org {
                  [mda]\nendpoint = \"https://{ip}:{MDA_GRPC_PORT}\"\nserver_name = \"mda\"\n\
                  [dns]\nnameservers = [{nameservers}]\n\
                  [relay]\nport = {SMTP_PORT}\nconnect_timeout = \"5s\"\n\
-                 [retry]\nfirst = \"{first}\"\nmax = \"10s\"\nlifetime = \"1h\"\n{extra}",
+                 [retry]\nfirst = \"{first}\"\nmax = \"{max}\"\nlifetime = \"1h\"\n{extra}",
                 data = self.path("mta").display(),
                 tls = tls("mta"),
                 first = o.retry_first,
+                max = o.retry_max,
                 extra = o.mta_extra,
             ),
         )?;
@@ -429,6 +434,57 @@ impl Org {
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// A submission client for `user` sending to `to` (see [`load`]).
+    pub fn submitter(&self, user: &str, to: &str) -> load::Submitter {
+        let address = format!("{user}@{}", self.domain);
+        load::Submitter {
+            addr: self.addr(SUBMISSION_PORT),
+            ca: self.path("certs/ca.pem"),
+            password: self.password(&address),
+            user: address,
+            to: to.to_string(),
+        }
+    }
+
+    /// Runs `mta --config mta.toml queue ARGS…`: (success, stdout, stderr).
+    pub fn mta_queue(&self, args: &[&str]) -> Result<(bool, String, String)> {
+        let out = Command::new(bin("mta"))
+            .arg("--config")
+            .arg(self.path("mta.toml"))
+            .arg("queue")
+            .args(args)
+            .output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// Messages in the MTA's spool (`spool/active`, without `.done` files).
+    pub fn spooled(&self) -> usize {
+        std::fs::read_dir(self.path("mta/spool/active"))
+            .map(|d| d.flatten().filter(|e| !e.file_name().to_string_lossy().ends_with(".done")).count())
+            .unwrap_or(0)
+    }
+
+    /// SIGTERM to a role; waits for it to exit and returns whether it exited 0.
+    pub fn terminate(&mut self, role: &str, timeout: Duration) -> Result<bool> {
+        let process = self.process(role);
+        let pid = process.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = process.child.try_wait()? {
+                return Ok(status.success());
+            }
+            if Instant::now() >= deadline {
+                bail!("{role} did not exit within {timeout:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn dump_logs(&self) {

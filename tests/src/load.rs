@@ -55,7 +55,7 @@ pub struct Submitter {
 
 /// An authenticated submission session.
 pub struct Session {
-    stream: Stream,
+    stream: Option<Stream>,
     buf: Vec<u8>,
     from: String,
     to: String,
@@ -72,7 +72,7 @@ impl Session {
         tcp.set_write_timeout(Some(Duration::from_secs(30)))?;
         let _ = tcp.set_nodelay(true);
         let mut session = Session {
-            stream: Stream::Plain(tcp),
+            stream: Some(Stream::Plain(tcp)),
             buf: Vec::new(),
             from: s.user.clone(),
             to: s.to.clone(),
@@ -80,18 +80,22 @@ impl Session {
         session.expect_reply(220)?;
         session.command("EHLO load.test", 250)?;
         session.command("STARTTLS", 220)?;
-        let Stream::Plain(tcp) = std::mem::replace(&mut session.stream, Stream::Plain(TcpStream::connect(s.addr)?)) else {
-            unreachable!()
+        let Some(Stream::Plain(tcp)) = session.stream.take() else {
+            bail!("TLS twice")
         };
         let config: Arc<rustls::ClientConfig> = correo_runtime::tls::client_config_trusting(&s.ca)?;
         let name = rustls::pki_types::ServerName::try_from("msa".to_string())?;
         let conn = rustls::ClientConnection::new(config, name)?;
-        session.stream = Stream::Tls(Box::new(rustls::StreamOwned::new(conn, tcp)));
+        session.stream = Some(Stream::Tls(Box::new(rustls::StreamOwned::new(conn, tcp))));
         session.buf.clear();
         session.command("EHLO load.test", 250)?;
         let plain = base64::engine::general_purpose::STANDARD.encode(format!("\0{}\0{}", s.user, s.password));
         session.command(&format!("AUTH PLAIN {plain}"), 235)?;
         Ok(session)
+    }
+
+    fn io(&mut self) -> Result<&mut Stream> {
+        self.stream.as_mut().context("no connection")
     }
 
     fn read_line(&mut self) -> Result<String> {
@@ -101,7 +105,7 @@ impl Session {
                 return Ok(String::from_utf8_lossy(&line[..pos]).into_owned());
             }
             let mut chunk = [0u8; 4096];
-            let n = self.stream.read(&mut chunk)?;
+            let n = self.io()?.read(&mut chunk)?;
             if n == 0 {
                 bail!("connection closed");
             }
@@ -134,8 +138,8 @@ impl Session {
     }
 
     fn command(&mut self, line: &str, code: u16) -> Result<Reply> {
-        self.stream.write_all(format!("{line}\r\n").as_bytes())?;
-        self.stream.flush()?;
+        self.io()?.write_all(format!("{line}\r\n").as_bytes())?;
+        self.io()?.flush()?;
         self.expect_reply(code)
     }
 
@@ -144,8 +148,8 @@ impl Session {
     /// outcome unknown.
     pub fn send(&mut self, token: &str) -> Result<Reply> {
         for (line, code) in [(format!("MAIL FROM:<{}>", self.from), 250), (format!("RCPT TO:<{}>", self.to), 250), ("DATA".to_string(), 354)] {
-            self.stream.write_all(format!("{line}\r\n").as_bytes())?;
-            self.stream.flush()?;
+            self.io()?.write_all(format!("{line}\r\n").as_bytes())?;
+            self.io()?.flush()?;
             let reply = self.read_reply()?;
             if reply.0 != code {
                 if reply.0 >= 400 {
@@ -159,8 +163,8 @@ impl Session {
             from = self.from,
             to = self.to
         );
-        self.stream.write_all(message.as_bytes())?;
-        self.stream.flush()?;
+        self.io()?.write_all(message.as_bytes())?;
+        self.io()?.flush()?;
         self.read_reply()
     }
 

@@ -41,7 +41,8 @@ pub struct StackOptions {
     pub retry_max: Option<String>,
     /// Extra TOML appended to mta.toml.
     pub mta_extra: String,
-    /// Extra keys of mta.toml's `[smtp]` table (e.g. connection limits).
+    /// Extra keys of mta.toml's `[smtp]` and msa.toml's `[submission]`
+    /// tables (the connection limits, which both have).
     pub smtp_extra: String,
     pub log_level: String,
 }
@@ -161,10 +162,11 @@ impl Stack {
             self.path("msa.toml"),
             format!(
                 "hostname = \"msa.bench.test\"\n[submission]\nstarttls_listen = [\"{ip}:{SUBMISSION_PORT}\"]\n\
-                 tls_listen = [\"{ip}:465\"]\n{tls}\
+                 tls_listen = [\"{ip}:465\"]\n{smtp_extra}{tls}\
                  [directory]\nendpoint = \"https://{ip}:{MDA_GRPC_PORT}\"\nserver_name = \"mda\"\n\
                  [mta]\nendpoints = [\"{ip}:{MTA_GRPC_PORT}\"]\nserver_name = \"mta\"\n",
                 tls = tls("msa"),
+                smtp_extra = o.smtp_extra,
             ),
         )?;
         Ok(())

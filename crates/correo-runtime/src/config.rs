@@ -56,10 +56,12 @@ where
                 path: path.to_path_buf(),
                 source,
             })?;
-            let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?;
+            let table: toml::Table =
+                text.parse()
+                    .map_err(|e: toml::de::Error| ConfigError::Parse {
+                        path: path.display().to_string(),
+                        message: e.to_string(),
+                    })?;
             (table, path.display().to_string())
         }
         None => (toml::Table::new(), "(defaults)".to_string()),
@@ -74,9 +76,11 @@ where
             .split("__")
             .map(|s| s.to_ascii_lowercase())
             .collect();
-        set_path(&mut table, &path, parse_env_value(&value)).map_err(|message| ConfigError::Env {
-            var: var.clone(),
-            message,
+        set_path(&mut table, &path, parse_env_value(&value)).map_err(|message| {
+            ConfigError::Env {
+                var: var.clone(),
+                message,
+            }
         })?;
     }
     let config: T = toml::Value::Table(table)
@@ -154,7 +158,10 @@ mod tests {
     }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -165,7 +172,11 @@ mod tests {
         let c: Conf = load(
             Some(&path),
             "T__",
-            env(&[("T__SMTP__LISTEN", "0.0.0.0:2525"), ("T__NAMES", "[\"a\",\"b\"]"), ("OTHER", "x")]),
+            env(&[
+                ("T__SMTP__LISTEN", "0.0.0.0:2525"),
+                ("T__NAMES", "[\"a\",\"b\"]"),
+                ("OTHER", "x"),
+            ]),
         )
         .unwrap();
         assert_eq!(c.smtp.listen, "0.0.0.0:2525");
@@ -175,11 +186,13 @@ mod tests {
 
     #[test]
     fn bad_values_are_reported_by_name() {
-        let err = load::<Conf, _>(None, "T__", env(&[("T__SMTP__MAX_RECIPIENTS", "5000")])).unwrap_err();
+        let err =
+            load::<Conf, _>(None, "T__", env(&[("T__SMTP__MAX_RECIPIENTS", "5000")])).unwrap_err();
         assert!(err.to_string().contains("smtp.max_recipients"), "{err}");
         let err = load::<Conf, _>(None, "T__", env(&[("T__SMTP__BOGUS", "1")])).unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
-        let err = load::<Conf, _>(None, "T__", env(&[("T__SMTP__MAX_RECIPIENTS", "many")])).unwrap_err();
+        let err =
+            load::<Conf, _>(None, "T__", env(&[("T__SMTP__MAX_RECIPIENTS", "many")])).unwrap_err();
         assert!(err.to_string().contains("max_recipients"), "{err}");
     }
 }

@@ -5,13 +5,18 @@ use tonic_health::server::HealthReporter;
 
 /// Health service plus reporter. The caller marks each of its services
 /// serving with `reporter.set_serving::<S>()` once it is ready.
-pub fn health() -> (HealthReporter, tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>) {
+pub fn health() -> (
+    HealthReporter,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) {
     tonic_health::server::health_reporter()
 }
 
 /// Reflection service describing every Correo gRPC service.
 pub fn reflection() -> Result<
-    tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
     tonic_reflection::server::Error,
 > {
     tonic_reflection::server::Builder::configure()
@@ -71,13 +76,20 @@ pub async fn serve_operator_services(
     listen: std::net::SocketAddr,
     tls: &crate::tls::TlsFiles,
 ) -> Result<OperatorGrpc, OperatorGrpcError> {
-    let server_tls = crate::tls::grpc_server_tls(tls, true)?.timeout(std::time::Duration::from_secs(10));
+    let server_tls =
+        crate::tls::grpc_server_tls(tls, true)?.timeout(std::time::Duration::from_secs(10));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|source| OperatorGrpcError::Bind { addr: listen, source })?;
+        .map_err(|source| OperatorGrpcError::Bind {
+            addr: listen,
+            source,
+        })?;
     let addr = listener
         .local_addr()
-        .map_err(|source| OperatorGrpcError::Bind { addr: listen, source })?;
+        .map_err(|source| OperatorGrpcError::Bind {
+            addr: listen,
+            source,
+        })?;
     let (reporter, health) = health();
     reporter
         .set_serving::<correo_proto::journey::journey_server::JourneyServer<crate::journey::JourneyService>>()
@@ -99,6 +111,8 @@ pub async fn serve_operator_services(
     Ok(OperatorGrpc { addr, task })
 }
 
-fn tokio_stream_incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+fn tokio_stream_incoming(
+    listener: tokio::net::TcpListener,
+) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }

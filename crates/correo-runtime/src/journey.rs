@@ -66,7 +66,22 @@ impl Event {
         !bare.is_empty()
             && (self.journey_id == bare
                 || self.queue_id.eq_ignore_ascii_case(bare)
-                || self.message_id.trim_start_matches('<').trim_end_matches('>') == bare)
+                || self
+                    .message_id
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    == bare)
+    }
+}
+
+impl Event {
+    /// When this role got the message, if known, else when the event happened.
+    pub fn start_ms(&self) -> i64 {
+        if self.received_at_unix_ms > 0 && self.received_at_unix_ms < self.at_unix_ms {
+            self.received_at_unix_ms
+        } else {
+            self.at_unix_ms
+        }
     }
 }
 
@@ -183,12 +198,12 @@ pub fn record(mut event: Event) {
         if event.node.is_empty() {
             event.node = r.node.clone();
         }
-        if let Some(file) = r.file.lock().as_mut() {
-            if let Ok(mut line) = serde_json::to_vec(&event) {
-                line.push(b'\n');
-                // One write per line: O_APPEND keeps concurrent lines whole.
-                let _ = file.write_all(&line);
-            }
+        if let Some(file) = r.file.lock().as_mut()
+            && let Ok(mut line) = serde_json::to_vec(&event)
+        {
+            line.push(b'\n');
+            // One write per line: O_APPEND keeps concurrent lines whole.
+            let _ = file.write_all(&line);
         }
     }
     crate::metrics::journey_event(&event.role, &event.kind);
@@ -334,9 +349,16 @@ impl<S> tracing_subscriber::Layer<S> for JourneyLayer
 where
     S: tracing::Subscriber + for<'a> LookupSpan<'a>,
 {
-    fn on_new_span(&self, attrs: &tracing::span::Attributes<'_>, id: &tracing::span::Id, ctx: Context<'_, S>) {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: Context<'_, S>,
+    ) {
         let fields = attrs.metadata().fields();
-        if fields.field("journey").is_none() && fields.field("queue_id").is_none() && fields.field("domain").is_none()
+        if fields.field("journey").is_none()
+            && fields.field("queue_id").is_none()
+            && fields.field("domain").is_none()
         {
             return;
         }
@@ -418,10 +440,10 @@ pub fn headers(message: &[u8], name: &str) -> Vec<String> {
         if let Some(v) = current.take() {
             out.push(v);
         }
-        if let Some((n, v)) = line.split_once(':') {
-            if n.trim().eq_ignore_ascii_case(name) {
-                current = Some(v.trim().to_string());
-            }
+        if let Some((n, v)) = line.split_once(':')
+            && n.trim().eq_ignore_ascii_case(name)
+        {
+            current = Some(v.trim().to_string());
         }
     }
     out.extend(current);
@@ -454,7 +476,9 @@ impl pb::journey_server::Journey for JourneyService {
     ) -> Result<tonic::Response<pb::JourneyReply>, tonic::Status> {
         let id = request.into_inner().id;
         if id.trim().is_empty() || id.len() > 998 {
-            return Err(tonic::Status::invalid_argument("id: a journey id, queue id or Message-ID"));
+            return Err(tonic::Status::invalid_argument(
+                "id: a journey id, queue id or Message-ID",
+            ));
         }
         let events = tokio::task::spawn_blocking(move || lookup(&id))
             .await
@@ -484,7 +508,12 @@ pub async fn fetch(
         .events(pb::JourneyRequest { id: id.to_string() })
         .await
         .map_err(|s| format!("{endpoint}: {}: {}", s.code(), s.message()))?;
-    Ok(reply.into_inner().events.into_iter().map(Into::into).collect())
+    Ok(reply
+        .into_inner()
+        .events
+        .into_iter()
+        .map(Into::into)
+        .collect())
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -598,9 +627,12 @@ impl Report {
     /// `received` list of the newest event that has one (the MDA's
     /// `stored`), or from `received` when given (a message at hand).
     pub fn new(id: &str, mut events: Vec<Event>, received: Option<Vec<String>>) -> Report {
+        // In the order the hops got the message: a role that reports only
+        // after handing on (the MSA) still sorts where it received it.
         events.sort_by(|a, b| {
-            a.at_unix_ms
-                .cmp(&b.at_unix_ms)
+            a.start_ms()
+                .cmp(&b.start_ms())
+                .then_with(|| a.at_unix_ms.cmp(&b.at_unix_ms))
                 .then_with(|| a.role.cmp(&b.role))
                 .then_with(|| a.kind.cmp(&b.kind))
         });
@@ -645,7 +677,10 @@ impl Report {
             let _ = writeln!(out, "  Message-ID: {}", self.message_ids.join(", "));
         }
         if !self.hops.is_empty() {
-            let _ = writeln!(out, "\nHops (Received: fields of the delivered message, oldest first):");
+            let _ = writeln!(
+                out,
+                "\nHops (Received: fields of the delivered message, oldest first):"
+            );
             for (n, h) in self.hops.iter().enumerate() {
                 let via = if h.via.is_empty() {
                     String::new()
@@ -676,12 +711,14 @@ impl Report {
             let _ = writeln!(out, "\nEvents (each role's own record, oldest first):");
             let mut previous: Option<i64> = None;
             for e in &self.events {
-                let since = previous.map_or(String::new(), |p| format!("+{}", short_duration(e.at_unix_ms - p)));
-                previous = Some(e.at_unix_ms);
+                let since = previous.map_or(String::new(), |p| {
+                    format!("+{}", short_duration(e.start_ms() - p))
+                });
+                previous = Some(e.start_ms());
                 let _ = writeln!(
                     out,
                     "  {} {:>8}  {:<3} {:<22} {:<10} {}",
-                    clock(e.at_unix_ms),
+                    clock(e.start_ms()),
                     since,
                     e.role,
                     e.node,
@@ -689,11 +726,22 @@ impl Report {
                     describe(e)
                 );
             }
-            let deferred: Vec<&Event> = self.events.iter().filter(|e| e.kind == "deferred").collect();
+            let deferred: Vec<&Event> = self
+                .events
+                .iter()
+                .filter(|e| e.kind == "deferred")
+                .collect();
             if !deferred.is_empty() {
                 let _ = writeln!(out, "\nRetries: {} deferred attempt(s)", deferred.len());
                 for e in deferred {
-                    let _ = writeln!(out, "  {} {} {}: {}", clock(e.at_unix_ms), e.node, e.recipient, e.reply);
+                    let _ = writeln!(
+                        out,
+                        "  {} {} {}: {}",
+                        clock(e.at_unix_ms),
+                        e.node,
+                        e.recipient,
+                        e.reply
+                    );
                 }
             }
             if let (Some(first), Some(last)) = (self.events.first(), self.events.last()) {
@@ -713,7 +761,10 @@ impl Report {
 
 fn describe(e: &Event) -> String {
     let mut parts: Vec<String> = Vec::new();
-    let tls = if e.tls.is_empty() {
+    let tls = if e.tls.is_empty() && e.detail.starts_with("via gRPC") {
+        // Correo's gRPC links are mutual TLS, always.
+        "mutual TLS".to_string()
+    } else if e.tls.is_empty() {
         "no TLS".to_string()
     } else {
         format!("TLS {}", e.tls)
@@ -742,7 +793,10 @@ fn describe(e: &Event) -> String {
         parts.push(format!("reply \"{}\"", e.reply));
     }
     if e.received_at_unix_ms > 0 && e.received_at_unix_ms < e.at_unix_ms {
-        parts.push(format!("held {}", short_duration(e.at_unix_ms - e.received_at_unix_ms)));
+        parts.push(format!(
+            "handed on after {}",
+            short_duration(e.at_unix_ms - e.received_at_unix_ms)
+        ));
     }
     if !e.detail.is_empty() {
         parts.push(format!("[{}]", e.detail));
@@ -785,8 +839,13 @@ mod tests {
         assert_eq!(h.id, "0123456789abcdef");
         assert!(h.tls);
         assert_eq!(h.date, "Tue, 1 Dec 2026 08:36:10 +0000");
-        let g = parse_received("from msa ([127.0.0.5]) by mx.example.test (mta-1) via gRPC with ESMTPA id 1 (authenticated as a@b); Tue, 1 Dec 2026 08:36:10 +0000");
-        assert_eq!((g.via.as_str(), g.with.as_str(), g.tls), ("gRPC", "ESMTPA", true));
+        let g = parse_received(
+            "from msa ([127.0.0.5]) by mx.example.test (mta-1) via gRPC with ESMTPA id 1 (authenticated as a@b); Tue, 1 Dec 2026 08:36:10 +0000",
+        );
+        assert_eq!(
+            (g.via.as_str(), g.with.as_str(), g.tls),
+            ("gRPC", "ESMTPA", true)
+        );
         assert!(parse_received("from a by b with ESMTPSA id x; now").tls);
         assert!(!parse_received("from a by b with ESMTP id x; now").tls);
     }
@@ -803,10 +862,27 @@ mod tests {
     fn layer_takes_ids_from_spans_and_selection_follows_journeys() {
         let subscriber = tracing_subscriber::registry().with(layer());
         tracing::subscriber::with_default(subscriber, || {
-            let span = tracing::info_span!("delivery", queue_id = "00000000000000aa", journey = "j-test-1", domain = "d.test");
+            let span = tracing::info_span!(
+                "delivery",
+                queue_id = "00000000000000aa",
+                journey = "j-test-1",
+                domain = "d.test"
+            );
             let _g = span.enter();
-            tracing::info!(journey_event = "connected", host = "mx.d.test", peer = "192.0.2.1:25", tls = "TLSv1.3", "connected");
-            tracing::info!(journey_event = "delivered", recipient = "u@d.test", reply = "250 ok", attempt = 1u64, "delivered");
+            tracing::info!(
+                journey_event = "connected",
+                host = "mx.d.test",
+                peer = "192.0.2.1:25",
+                tls = "TLSv1.3",
+                "connected"
+            );
+            tracing::info!(
+                journey_event = "delivered",
+                recipient = "u@d.test",
+                reply = "250 ok",
+                attempt = 1u64,
+                "delivered"
+            );
             tracing::info!(not_a_journey_event = 1, "ignored");
         });
         record(Event {
@@ -823,9 +899,16 @@ mod tests {
         assert_eq!(connected.detail, "domain=d.test");
         let delivered = events.iter().find(|e| e.kind == "delivered").unwrap();
         assert_eq!(delivered.detail, "domain=d.test attempt=1");
-        let report = Report::new("m-1@x.test", events, Some(vec!["from a by b with ESMTPS id 1; now".into()]));
+        let report = Report::new(
+            "m-1@x.test",
+            events,
+            Some(vec!["from a by b with ESMTPS id 1; now".into()]),
+        );
         let text = report.render();
         assert!(text.contains("TLS TLSv1.3"), "{text}");
-        assert!(text.contains("1. b received from a with ESMTPS (TLS)"), "{text}");
+        assert!(
+            text.contains("1. b received from a with ESMTPS (TLS)"),
+            "{text}"
+        );
     }
 }

@@ -8,8 +8,9 @@
 //! ([`metrics`], `docs/METRICS.md`) and the journey records of each message
 //! ([`journey`], `docs/JOURNEY.md`).
 //!
-//! It knows nothing of SMTP or of any role; roles depend on it, never the
-//! other way round.
+//! It knows no role's policy (the metric and journey names are the only
+//! place it speaks of SMTP, queues and Maildirs); roles and `correo-smtp`
+//! depend on it, never the other way round.
 //!
 //! ## Security
 //! [`tls::install_crypto_provider`] selects rustls' ring provider explicitly;

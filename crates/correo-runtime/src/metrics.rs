@@ -68,15 +68,35 @@ struct Metrics {
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let mut r = Registry::default();
     let build_info = Family::<Labels2, Gauge>::default();
-    r.register("correo_build_info", "Role and version of this process (always 1)", build_info.clone());
+    r.register(
+        "correo_build_info",
+        "Role and version of this process (always 1)",
+        build_info.clone(),
+    );
     let smtp_sessions_active = Gauge::default();
-    r.register("correo_smtp_sessions_active", "SMTP sessions open now", smtp_sessions_active.clone());
+    r.register(
+        "correo_smtp_sessions_active",
+        "SMTP sessions open now",
+        smtp_sessions_active.clone(),
+    );
     let smtp_sessions = Counter::default();
-    r.register("correo_smtp_sessions", "SMTP sessions started", smtp_sessions.clone());
+    r.register(
+        "correo_smtp_sessions",
+        "SMTP sessions started",
+        smtp_sessions.clone(),
+    );
     let smtp_commands = Family::<Labels1, Counter>::default();
-    r.register("correo_smtp_commands", "SMTP command lines received, by verb", smtp_commands.clone());
+    r.register(
+        "correo_smtp_commands",
+        "SMTP command lines received, by verb",
+        smtp_commands.clone(),
+    );
     let smtp_replies = Family::<Labels1, Counter>::default();
-    r.register("correo_smtp_replies", "SMTP replies sent, by reply code", smtp_replies.clone());
+    r.register(
+        "correo_smtp_replies",
+        "SMTP replies sent, by reply code",
+        smtp_replies.clone(),
+    );
     let smtp_messages = Family::<Labels1, Counter>::default();
     r.register(
         "correo_smtp_messages",
@@ -84,7 +104,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         smtp_messages.clone(),
     );
     let mta_queued = Family::<Labels1, Counter>::default();
-    r.register("correo_mta_messages_queued", "Messages durably queued, by source (smtp, grpc)", mta_queued.clone());
+    r.register(
+        "correo_mta_messages_queued",
+        "Messages durably queued, by source (smtp, grpc)",
+        mta_queued.clone(),
+    );
     let mta_queue = Family::<Labels2, Gauge>::default();
     r.register(
         "correo_mta_queue_recipients",
@@ -104,7 +128,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         mta_delivery_duration.clone(),
     );
     let mda_writes = Family::<Labels1, Counter>::default();
-    r.register("correo_mda_writes", "Maildir writes, by result (ok, error)", mda_writes.clone());
+    r.register(
+        "correo_mda_writes",
+        "Maildir writes, by result (ok, error)",
+        mda_writes.clone(),
+    );
     let mda_write_duration = latency_histogram();
     r.register(
         "correo_mda_write_duration_seconds",
@@ -112,7 +140,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         mda_write_duration.clone(),
     );
     let journey_events = Family::<Labels2, Counter>::default();
-    r.register("correo_journey_events", "Journey events recorded, by role and kind", journey_events.clone());
+    r.register(
+        "correo_journey_events",
+        "Journey events recorded, by role and kind",
+        journey_events.clone(),
+    );
     Metrics {
         registry: r,
         build_info,
@@ -149,7 +181,8 @@ pub fn smtp_session() -> SessionGuard {
 }
 
 const VERBS: [&str; 13] = [
-    "EHLO", "HELO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY", "HELP", "STARTTLS", "AUTH", "EXPN",
+    "EHLO", "HELO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY", "HELP", "STARTTLS",
+    "AUTH", "EXPN",
 ];
 
 /// A command line arrived; counted by its verb (unknown verbs as `OTHER`).
@@ -160,12 +193,18 @@ pub fn smtp_command(line: &str) {
         .find(|v| v.eq_ignore_ascii_case(word))
         .copied()
         .unwrap_or("OTHER");
-    METRICS.smtp_commands.get_or_create(&[("command", verb.to_string())]).inc();
+    METRICS
+        .smtp_commands
+        .get_or_create(&[("command", verb.to_string())])
+        .inc();
 }
 
 /// A reply is sent.
 pub fn smtp_reply(code: u16) {
-    METRICS.smtp_replies.get_or_create(&[("code", code.to_string())]).inc();
+    METRICS
+        .smtp_replies
+        .get_or_create(&[("code", code.to_string())])
+        .inc();
 }
 
 /// The final reply to DATA: 2xx accepted, 4xx deferred, 5xx rejected.
@@ -175,12 +214,18 @@ pub fn smtp_message(code: u16) {
         400..=499 => "deferred",
         _ => "rejected",
     };
-    METRICS.smtp_messages.get_or_create(&[("result", result.to_string())]).inc();
+    METRICS
+        .smtp_messages
+        .get_or_create(&[("result", result.to_string())])
+        .inc();
 }
 
 /// The MTA queued a message durably; `source` is `smtp` or `grpc`.
 pub fn mta_queued(source: &'static str) {
-    METRICS.mta_queued.get_or_create(&[("source", source.to_string())]).inc();
+    METRICS
+        .mta_queued
+        .get_or_create(&[("source", source.to_string())])
+        .inc();
 }
 
 /// One delivery attempt (one message to one domain) took `elapsed`;
@@ -188,7 +233,10 @@ pub fn mta_queued(source: &'static str) {
 pub fn mta_delivery<'a>(elapsed: Duration, results: impl IntoIterator<Item = &'a str>) {
     METRICS.mta_delivery_duration.observe(elapsed.as_secs_f64());
     for result in results {
-        METRICS.mta_delivery_attempts.get_or_create(&[("result", result.to_string())]).inc();
+        METRICS
+            .mta_delivery_attempts
+            .get_or_create(&[("result", result.to_string())])
+            .inc();
     }
 }
 
@@ -214,16 +262,25 @@ fn refresh_queue(counts: Vec<QueueCount>) {
     // Biggest destinations by name, the rest summed as "other".
     let mut by_destination: std::collections::BTreeMap<String, u64> = Default::default();
     for c in &counts {
-        *by_destination.entry(c.destination.to_ascii_lowercase()).or_default() += c.recipients;
+        *by_destination
+            .entry(c.destination.to_ascii_lowercase())
+            .or_default() += c.recipients;
     }
     let mut ranked: Vec<(String, u64)> = by_destination.into_iter().collect();
     ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    let named: std::collections::HashSet<String> =
-        ranked.into_iter().take(MAX_DESTINATIONS).map(|(d, _)| d).collect();
+    let named: std::collections::HashSet<String> = ranked
+        .into_iter()
+        .take(MAX_DESTINATIONS)
+        .map(|(d, _)| d)
+        .collect();
     let mut totals: std::collections::BTreeMap<(String, String), u64> = Default::default();
     for c in counts {
         let d = c.destination.to_ascii_lowercase();
-        let d = if named.contains(&d) { d } else { "other".to_string() };
+        let d = if named.contains(&d) {
+            d
+        } else {
+            "other".to_string()
+        };
         *totals.entry((c.state, d)).or_default() += c.recipients;
     }
     METRICS.mta_queue.clear();
@@ -238,7 +295,10 @@ fn refresh_queue(counts: Vec<QueueCount>) {
 /// One Maildir write finished.
 pub fn mda_write(ok: bool, elapsed: Duration) {
     let result = if ok { "ok" } else { "error" };
-    METRICS.mda_writes.get_or_create(&[("result", result.to_string())]).inc();
+    METRICS
+        .mda_writes
+        .get_or_create(&[("result", result.to_string())])
+        .inc();
     METRICS.mda_write_duration.observe(elapsed.as_secs_f64());
 }
 
@@ -253,7 +313,10 @@ pub(crate) fn journey_event(role: &str, kind: &str) {
 pub fn set_role(role: &str) {
     METRICS
         .build_info
-        .get_or_create(&[("role", role.to_string()), ("version", env!("CARGO_PKG_VERSION").to_string())])
+        .get_or_create(&[
+            ("role", role.to_string()),
+            ("version", env!("CARGO_PKG_VERSION").to_string()),
+        ])
         .set(1);
 }
 
@@ -321,7 +384,10 @@ pub async fn serve(addr: SocketAddr) -> std::io::Result<MetricsServer> {
             });
         }
     });
-    Ok(MetricsServer { addr, task: Some(task) })
+    Ok(MetricsServer {
+        addr,
+        task: Some(task),
+    })
 }
 
 /// One HTTP/1.x exchange, then close.
@@ -335,16 +401,17 @@ async fn respond(mut stream: tokio::net::TcpStream) -> std::io::Result<()> {
         }
         head.extend_from_slice(&buf[..n]);
     }
-    let line = String::from_utf8_lossy(head.split(|&b| b == b'\n').next().unwrap_or_default()).into_owned();
+    let line = String::from_utf8_lossy(head.split(|&b| b == b'\n').next().unwrap_or_default())
+        .into_owned();
     let mut parts = line.split_ascii_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
     let (status, content_type, body) = match (method, path) {
         ("GET" | "HEAD", "/metrics") => {
-            if let Some(source) = QUEUE_SOURCE.get().cloned() {
-                if let Ok(counts) = tokio::task::spawn_blocking(move || source()).await {
-                    refresh_queue(counts);
-                }
+            if let Some(source) = QUEUE_SOURCE.get().cloned()
+                && let Ok(counts) = tokio::task::spawn_blocking(move || source()).await
+            {
+                refresh_queue(counts);
             }
             ("200 OK", CONTENT_TYPE, render())
         }
@@ -353,8 +420,16 @@ async fn respond(mut stream: tokio::net::TcpStream) -> std::io::Result<()> {
             "text/plain; charset=utf-8",
             "Correo metrics: GET /metrics\n".to_string(),
         ),
-        ("GET" | "HEAD", _) => ("404 Not Found", "text/plain; charset=utf-8", "not found\n".to_string()),
-        _ => ("405 Method Not Allowed", "text/plain; charset=utf-8", "only GET\n".to_string()),
+        ("GET" | "HEAD", _) => (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "not found\n".to_string(),
+        ),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain; charset=utf-8",
+            "only GET\n".to_string(),
+        ),
     };
     let mut response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -416,11 +491,15 @@ mod tests {
         refresh_queue(counts);
         let text = render();
         assert!(
-            text.contains("correo_mta_queue_recipients{state=\"deferred\",destination=\"big.test\"} 9"),
+            text.contains(
+                "correo_mta_queue_recipients{state=\"deferred\",destination=\"big.test\"} 9"
+            ),
             "{text}"
         );
         assert!(
-            text.contains("correo_mta_queue_recipients{state=\"deferred\",destination=\"other\"} 6"),
+            text.contains(
+                "correo_mta_queue_recipients{state=\"deferred\",destination=\"other\"} 6"
+            ),
             "{text}"
         );
     }
@@ -428,14 +507,20 @@ mod tests {
     #[tokio::test]
     async fn http_endpoint_serves_metrics() {
         let server = serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let mut s = tokio::net::TcpStream::connect(server.local_addr()).await.unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut s = tokio::net::TcpStream::connect(server.local_addr())
+            .await
+            .unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
         assert!(out.contains("correo_smtp_sessions_total"), "{out}");
         assert!(out.trim_end().ends_with("# EOF"), "{out}");
-        let mut s = tokio::net::TcpStream::connect(server.local_addr()).await.unwrap();
+        let mut s = tokio::net::TcpStream::connect(server.local_addr())
+            .await
+            .unwrap();
         s.write_all(b"GET /nope HTTP/1.0\r\n\r\n").await.unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();

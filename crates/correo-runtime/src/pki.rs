@@ -8,8 +8,8 @@
 //! each role's `tls` paths at their files instead.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use std::io::Write;
 use std::net::IpAddr;
@@ -75,12 +75,17 @@ pub fn ensure_ca(dir: &Path) -> Result<bool, PkiError> {
 /// the given DNS names and IP addresses, unless they already exist.
 /// Returns whether a new certificate was made.
 pub fn ensure_leaf(dir: &Path, name: &str, hosts: &[&str]) -> Result<bool, PkiError> {
-    let (cert_path, key_path) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+    let (cert_path, key_path) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
     if cert_path.exists() && key_path.exists() {
         return Ok(false);
     }
-    let ca_pem = std::fs::read_to_string(dir.join("ca.pem")).map_err(io_err(&dir.join("ca.pem")))?;
-    let ca_key_pem = std::fs::read_to_string(dir.join("ca.key")).map_err(io_err(&dir.join("ca.key")))?;
+    let ca_pem =
+        std::fs::read_to_string(dir.join("ca.pem")).map_err(io_err(&dir.join("ca.pem")))?;
+    let ca_key_pem =
+        std::fs::read_to_string(dir.join("ca.key")).map_err(io_err(&dir.join("ca.key")))?;
     let ca_key = KeyPair::from_pem(&ca_key_pem)?;
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
 
@@ -97,8 +102,14 @@ pub fn ensure_leaf(dir: &Path, name: &str, hosts: &[&str]) -> Result<bool, PkiEr
             Err(_) => Ok(SanType::DnsName((*h).try_into()?)),
         })
         .collect::<Result<_, rcgen::Error>>()?;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     params.not_before = rcgen::date_time_ymd(2024, 1, 1);
     params.not_after = rcgen::date_time_ymd(2044, 1, 1);
     let cert = params.signed_by(&key, &issuer)?;
@@ -122,7 +133,9 @@ mod tests {
         crate::tls::smtp_server_config(&files.cert, &files.key).unwrap();
         let roots = crate::tls::root_store(&files.ca).unwrap();
         assert_eq!(roots.len(), 1);
-        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&files.key).unwrap().permissions());
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&files.key).unwrap().permissions(),
+        );
         assert_eq!(mode & 0o777, 0o600);
     }
 }

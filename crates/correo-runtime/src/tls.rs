@@ -117,7 +117,10 @@ pub fn client_config_trusting(ca: &Path) -> Result<Arc<rustls::ClientConfig>, Tl
 /// Server TLS for a role's gRPC listener. With `require_client_cert`, only
 /// clients holding a certificate signed by the private CA get through
 /// (mutual TLS between roles).
-pub fn grpc_server_tls(files: &TlsFiles, require_client_cert: bool) -> Result<ServerTlsConfig, TlsError> {
+pub fn grpc_server_tls(
+    files: &TlsFiles,
+    require_client_cert: bool,
+) -> Result<ServerTlsConfig, TlsError> {
     install_crypto_provider();
     let identity = Identity::from_pem(read(&files.cert)?, read(&files.key)?);
     let mut config = ServerTlsConfig::new().identity(identity);
@@ -130,7 +133,11 @@ pub fn grpc_server_tls(files: &TlsFiles, require_client_cert: bool) -> Result<Se
 /// Client TLS for calling another role: trusts only the private CA and, when
 /// `with_identity`, presents this process's certificate (mutual TLS).
 /// `server_name` is the name the peer's certificate must carry.
-pub fn grpc_client_tls(files: &TlsFiles, server_name: &str, with_identity: bool) -> Result<ClientTlsConfig, TlsError> {
+pub fn grpc_client_tls(
+    files: &TlsFiles,
+    server_name: &str,
+    with_identity: bool,
+) -> Result<ClientTlsConfig, TlsError> {
     install_crypto_provider();
     let mut config = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read(&files.ca)?))

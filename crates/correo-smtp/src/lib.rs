@@ -16,6 +16,8 @@
 //!   policy (who may send, which recipients exist, where the message goes).
 //! - [`client`]: the outbound client the MTA relays with.
 //! - [`received`]: `Received:` trace fields and counting them.
+//! - [`scram`]: the SCRAM-SHA-256 server exchange, sans-IO, and verifier
+//!   derivation (used by the MDA at `user add`).
 //!
 //! Command grammar is parsed by `smtp-proto`; Correo's stricter checks
 //! (paths, parameters we do not advertise, HELO names) run on top.
@@ -47,7 +49,24 @@
 //!   limits, per-command and whole-DATA timeouts, and a write timeout for
 //!   clients that do not read. Reply text from handlers cannot inject extra
 //!   reply lines. The client bounds reply line length and count.
-//! - **Never panics on input**; handler refusals are replies.
+//! - **Early talkers**: a client that sends anything before the greeting
+//!   (within [`server::ServerConfig::greeting_delay`]) gets `554 5.5.1`
+//!   and no session (RFC 5321 4.3.1; what spam bots and pipelining
+//!   attacks do).
+//! - **Slow drip**: `command_timeout` is a deadline for the whole command
+//!   line, not per read, so one byte at a time cannot hold a session
+//!   (`421 4.4.2`); `data_timeout` likewise for all of DATA.
+//! - **Connection floods**: [`server::ConnectionLimiter`] caps sessions in
+//!   total and per client address (IPv6 per /64); listeners refuse the
+//!   rest with `421 4.7.0` through [`server::refuse`].
+//! - **Passwords**: besides PLAIN and LOGIN, [`scram`] implements
+//!   SCRAM-SHA-256 (RFC 5802/7677) so the password never reaches the
+//!   server; an unknown user runs against a decoy verifier and fails at
+//!   the proof exactly like a wrong password. A handler reply with code
+//!   421 (e.g. login throttling) closes the session.
+//! - **Never panics on input**; handler refusals are replies. The parsers
+//!   are fuzzed (`fuzz/`, and the `fuzz_smoke_*` tests in CI; entry points
+//!   in `correo_smtp::fuzz`).
 //! - The outbound client does **not** verify server certificates: that is
 //!   opportunistic TLS per RFC 7435 (see `client`), protecting against
 //!   passive eavesdropping only.
@@ -62,6 +81,7 @@
 //! - RFC 5321 — SMTP (commands, replies, limits 4.5.3, trace fields 4.4)
 //! - RFC 3207 — STARTTLS
 //! - RFC 4954 — AUTH (with RFC 4616 PLAIN; LOGIN as deployed)
+//! - RFC 5802 / RFC 7677 — SCRAM-SHA-256 (without channel binding)
 //! - RFC 6409 — Message Submission (the MSA's profile: AUTH, Normalize)
 //! - RFC 2920 — PIPELINING
 //! - RFC 1870 — SIZE
@@ -73,6 +93,8 @@
 
 pub mod address;
 pub mod client;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod reader;
 pub mod received;
 pub mod reply;

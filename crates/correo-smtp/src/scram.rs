@@ -174,7 +174,9 @@ pub fn parse_client_first(message: &[u8]) -> Result<ClientFirst, ScramError> {
     }
     let authzid = match authzid {
         "" => None,
-        a => Some(decode_saslname(a.strip_prefix("a=").ok_or(ScramError::Malformed)?)?),
+        a => Some(decode_saslname(
+            a.strip_prefix("a=").ok_or(ScramError::Malformed)?,
+        )?),
     };
     let mut fields = bare.split(',');
     if bare.starts_with("m=") {
@@ -279,7 +281,10 @@ impl ScramServer {
         if proof.len() != KEY_LEN {
             return Err(ScramError::Malformed);
         }
-        let auth_message = format!("{},{},{}", self.first.bare, self.server_first, without_proof);
+        let auth_message = format!(
+            "{},{},{}",
+            self.first.bare, self.server_first, without_proof
+        );
         let client_signature = hmac_sha256(&self.credentials.stored_key, auth_message.as_bytes());
         let mut client_key = [0u8; KEY_LEN];
         for (i, k) in client_key.iter_mut().enumerate() {
@@ -340,7 +345,11 @@ pub mod client {
         let without_proof = format!("c={},r={nonce}", B64.encode(gs2_header));
         let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
         let signature = hmac_sha256(&stored_key, auth_message.as_bytes());
-        let proof: Vec<u8> = client_key.iter().zip(signature).map(|(a, b)| a ^ b).collect();
+        let proof: Vec<u8> = client_key
+            .iter()
+            .zip(signature)
+            .map(|(a, b)| a ^ b)
+            .collect();
         let server_key = hmac_sha256(&salted, b"Server Key");
         let server_signature = hmac_sha256(&server_key, auth_message.as_bytes());
         Some((

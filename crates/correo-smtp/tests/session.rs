@@ -627,3 +627,72 @@ async fn pipelined_replies_are_batched() {
     let codes: Vec<&str> = text.lines().map(|l| &l[..3]).collect();
     assert_eq!(codes, vec!["250", "250", "250", "354"], "{text:?}");
 }
+
+#[tokio::test]
+async fn early_talker_gets_554_and_no_session() {
+    let mut c = config();
+    c.greeting_delay = Duration::from_millis(200);
+    let mut r = start(c);
+    r.client.send(b"EHLO early.example\r\n").await;
+    r.client
+        .expect("554 5.5.1 mx.example.test protocol error")
+        .await;
+    assert!(r.client.is_closed().await);
+    r.task.await.unwrap().unwrap();
+    assert!(r.handler.mails.lock().unwrap().is_empty());
+    // A patient client is served after the delay.
+    let mut c = config();
+    c.greeting_delay = Duration::from_millis(100);
+    let mut r = start(c);
+    let started = std::time::Instant::now();
+    r.client.expect("220 mx.example.test").await;
+    assert!(started.elapsed() >= Duration::from_millis(90));
+    r.client.cmd("QUIT", "221").await;
+}
+
+#[tokio::test]
+async fn slow_drip_is_bounded_by_the_command_deadline() {
+    let mut c = config();
+    c.command_timeout = Duration::from_millis(400);
+    let mut r = start(c);
+    r.client.expect("220").await;
+    let started = std::time::Instant::now();
+    for b in b"NOOP xxxxxxxxxxxxxxxxxxxx" {
+        use tokio::io::AsyncWriteExt;
+        // The server hangs up mid-drip: stop at the first failed write.
+        if r.client
+            .stream
+            .write_all(std::slice::from_ref(b))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if started.elapsed() > Duration::from_millis(600) {
+            break;
+        }
+    }
+    r.client.expect("421 4.4.2").await;
+    assert!(started.elapsed() < Duration::from_millis(1500));
+}
+
+#[tokio::test]
+async fn connection_limiter_refusal_is_421() {
+    use correo_smtp::server::{ConnectionLimiter, refuse};
+    let limiter = ConnectionLimiter::new(1, 1);
+    let _held = limiter.try_acquire("192.0.2.9".parse().unwrap()).unwrap();
+    let over = limiter
+        .try_acquire("192.0.2.10".parse().unwrap())
+        .unwrap_err();
+    let (client, server) = tokio::io::duplex(4096);
+    let config = config();
+    let task =
+        tokio::spawn(async move { refuse(server, &config, &over.reply("mx.example.test")).await });
+    let mut client = common::RawClient::new(client);
+    client
+        .expect("421 4.7.0 mx.example.test too many connections")
+        .await;
+    assert!(client.is_closed().await);
+    task.await.unwrap().unwrap();
+}

@@ -9,7 +9,8 @@
 //! own mailbox.
 //!
 //! It serves three gRPC services from `proto/`:
-//! - `Directory` (Authenticate, CheckRecipient, ListDomains) for the MSA and MTA;
+//! - `Directory` (Authenticate, GetScramCredentials, CheckRecipient,
+//!   ListDomains) for the MSA and MTA;
 //! - `Delivery.Deliver` for the MTA: the envelope, then the message; for each
 //!   recipient, aliases are resolved and the message is written to `tmp/`,
 //!   fsynced, renamed into `new/` and `new/` fsynced before DELIVERED is
@@ -43,7 +44,12 @@
 //!   reverse paths that could break out of `Return-Path: <…>`; messages
 //!   over [`delivery_service::MAX_MESSAGE_SIZE`]. Authentication failures
 //!   look the same, and take the same argon2 work, whether or not the user
-//!   exists. Passwords are never logged or stored; successful checks are
+//!   exists. `mda user add` also stores a SCRAM-SHA-256 verifier (salt,
+//!   iteration count, StoredKey, ServerKey; RFC 5802) next to the argon2id
+//!   hash; `Directory.GetScramCredentials` hands it only to mTLS clients
+//!   (the MSA), never logs it, and answers `found = false` alike for an
+//!   unknown user and an account without a verifier (created before SCRAM
+//!   support: such users keep PLAIN/LOGIN). Passwords are never logged or stored; successful checks are
 //!   remembered for a minute under a keyed SHA-256 of the credentials.
 //!   At most twice the CPU count argon2 runs happen at once, so a flood of
 //!   bad logins cannot exhaust memory; TLS handshakes must finish in 10 s.

@@ -251,7 +251,11 @@ impl MailStore {
                 ));
             }
         }
-        out.sort_by(|a, b| (a.delivered_at, &a.id).cmp(&(b.delivered_at, &b.id)));
+        // Within one second, order by the microseconds field numerically:
+        // as text, `M100389` sorts before `M95876`.
+        out.sort_by(|a, b| {
+            (a.delivered_at, micros(&a.id), &a.id).cmp(&(b.delivered_at, micros(&b.id), &b.id))
+        });
         Ok(out)
     }
 
@@ -407,6 +411,16 @@ fn header_part(message: &[u8]) -> &[u8] {
 }
 
 /// Builds a summary from a message header.
+/// The `M<micros>` part of a name this MDA generated (`SECS.MuuuPpidQn.host`);
+/// 0 for names from elsewhere.
+fn micros(id: &str) -> u64 {
+    let Some(rest) = id.split('.').nth(1).and_then(|u| u.strip_prefix('M')) else {
+        return 0;
+    };
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    rest[..digits].parse().unwrap_or(0)
+}
+
 pub fn summarize(header: &[u8], id: String, size: u64, delivered_at: i64, seen: bool) -> Summary {
     let parsed = mail_parser::MessageParser::new().parse_headers(header);
     let (from, subject, date) = match &parsed {
@@ -510,6 +524,45 @@ mod tests {
             std::fs::read(&a.path)
                 .unwrap()
                 .starts_with(b"Return-Path: <>\r\n")
+        );
+    }
+
+    /// Found by the issue-4 test runs: `list_find_delete` failed whenever
+    /// the two deliveries straddled a change in the number of digits of
+    /// the microseconds (`M95876` then `M100389`), because names were
+    /// compared as text.
+    #[test]
+    fn regression_list_orders_by_microseconds_not_text() {
+        assert_eq!(micros("1796116397.M95876P28950Q1.h,S=211"), 95876);
+        assert_eq!(micros("1796116397.M100389P28950Q2.h,S=75"), 100389);
+        assert_eq!(micros("1796116397.other.h"), 0);
+        let dir = tempfile::tempdir().unwrap();
+        let store = MailStore::new(dir.path(), "h");
+        let new = store.maildir(&alice()).join("new");
+        store.deliver(&alice(), "b@x.test", &alice(), MSG).unwrap();
+        for entry in std::fs::read_dir(&new).unwrap() {
+            std::fs::remove_file(entry.unwrap().path()).unwrap();
+        }
+        for name in [
+            "1796116397.M100389P1Q2.h,S=5",
+            "1796116397.M95876P1Q1.h,S=5",
+            "1796116396.M999999P1Q0.h,S=5",
+        ] {
+            std::fs::write(new.join(name), "Subject: x\r\n\r\n").unwrap();
+        }
+        let ids: Vec<String> = store
+            .list(&alice())
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                "1796116396.M999999P1Q0.h,S=5",
+                "1796116397.M95876P1Q1.h,S=5",
+                "1796116397.M100389P1Q2.h,S=5"
+            ]
         );
     }
 

@@ -392,7 +392,10 @@ impl Validate for Config {
         nonzero("submission.command_timeout", s.command_timeout)?;
         nonzero("submission.data_timeout", s.data_timeout)?;
         if s.max_errors == 0 {
-            return Err(ConfigError::invalid("submission.max_errors", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "submission.max_errors",
+                "must be at least 1",
+            ));
         }
         if s.greeting_delay >= s.command_timeout {
             return Err(ConfigError::invalid(

@@ -4,9 +4,9 @@
 //! which also says which sender addresses the user may use.
 
 use crate::validate::Identity;
+use correo_proto::directory::directory_client::DirectoryClient;
 use correo_proto::directory::{AuthenticateRequest, GetScramCredentialsRequest};
 use correo_smtp::scram::{MAX_ITERATIONS, ScramCredentials};
-use correo_proto::directory::directory_client::DirectoryClient;
 use std::time::Duration;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 

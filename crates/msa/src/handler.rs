@@ -98,7 +98,12 @@ impl Handler for Session {
             return Err(throttled_reply());
         }
         let client = info.peer.ip().to_string();
-        match self.shared.directory.scram_credentials(username, &client).await {
+        match self
+            .shared
+            .directory
+            .scram_credentials(username, &client)
+            .await
+        {
             Ok(Some((credentials, identity))) => {
                 self.scram_pending = Some(identity);
                 Ok(Some(credentials))
@@ -120,7 +125,11 @@ impl Handler for Session {
         username: &str,
     ) -> Result<String, Reply> {
         let Some(identity) = self.scram_pending.take() else {
-            return Err(Reply::new(535, "5.7.8", "authentication credentials invalid"));
+            return Err(Reply::new(
+                535,
+                "5.7.8",
+                "authentication credentials invalid",
+            ));
         };
         tracing::info!(user = %identity.user, peer = %info.peer, username, "authenticated (SCRAM-SHA-256)");
         let user = identity.user.clone();

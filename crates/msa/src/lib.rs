@@ -20,26 +20,48 @@
 //! ## SECURITY
 //! - **Listens on** `submission.starttls_listen` (port 587 style: STARTTLS,
 //!   RFC 3207) and `submission.tls_listen` (port 465 style: TLS from the
-//!   first octet, RFC 8314), with the certificate in `[tls]`. AUTH PLAIN and
-//!   LOGIN are offered only under TLS; no mail is taken before AUTH.
+//!   first octet, RFC 8314), with the certificate in `[tls]`. AUTH
+//!   SCRAM-SHA-256, PLAIN and LOGIN are offered and accepted only under
+//!   TLS (`538 5.7.11` before); no mail is taken before AUTH (`530 5.7.0`).
 //! - **Trusts** the private CA in `tls.ca` for the Directory (MDA) and the
 //!   Queue (MTA) services, which it calls over mutual TLS with its own
 //!   certificate; the Directory's answer decides who a user is and which
-//!   addresses are theirs. It stores no passwords.
+//!   addresses are theirs. It stores no passwords; for SCRAM it fetches the
+//!   user's verifier (`Directory.GetScramCredentials`) and checks the
+//!   client's proof itself. It trusts nothing about a client's IP address:
+//!   relaying needs AUTH, from anywhere.
 //! - **Refuses** unauthenticated mail (530), bad credentials (535 5.7.8;
-//!   454 4.7.0 when the directory cannot be asked), the null sender and
-//!   envelope senders or `From:` addresses the user does not own (550 5.7.1),
-//!   messages that are not RFC 5322 (550 5.6.0, naming what is wrong),
-//!   oversized messages (552, by the driver), and a client-supplied
+//!   454 4.7.0 when the directory cannot be asked; an unknown SCRAM user
+//!   fails exactly like a wrong password, against a decoy verifier), the
+//!   null sender and envelope senders or `From:` addresses the user does
+//!   not own (550 5.7.1), messages that are not RFC 5322 (550 5.6.0, naming
+//!   what is wrong), oversized messages (552 5.3.4), and a client-supplied
 //!   `X-Correo-Journey:` (dropped: journeys start here).
+//! - **Limits** ([`throttle`], `[login_throttle]`): after
+//!   `max_failures_per_account` failed logins for one account (default 5)
+//!   or `max_failures_per_client` from one address (default 10; IPv6 per
+//!   /64) within `window` (5 min), further AUTH attempts get
+//!   `421 4.7.0 too many failed logins, try later` and the session is
+//!   closed. `[submission]`: at most `max_connections` sessions (default
+//!   500) and `max_connections_per_client` (20) over both listeners, else
+//!   `421 4.7.0`; a client that talks before the greeting (after
+//!   `greeting_delay`) gets `554 5.5.1` and is dropped; `command_timeout`
+//!   bounds each whole command line (slow drip included) and
+//!   `data_timeout` the DATA phase (`421 4.4.2`); `max_errors` client
+//!   mistakes end the session (`421 4.7.0`). The SMTP-level refusals
+//!   (smuggling, overlong lines, NUL, STARTTLS injection, relay-hack
+//!   address forms) are correo-smtp's; see its SECURITY section.
 //!
 //! ## STANDARDS
 //! RFC 6409 (message submission), RFC 5321 (SMTP), RFC 5322 (message
 //! format), RFC 3207 (STARTTLS), RFC 8314 (implicit TLS for submission),
-//! RFC 4954 (SMTP AUTH), RFC 3848 (ESMTPSA in `Received:`).
+//! RFC 4954 (SMTP AUTH), RFC 4616 (PLAIN), RFC 5802 and RFC 7677
+//! (SCRAM-SHA-256, no channel binding), RFC 3848 (ESMTPSA in `Received:`).
 
 pub mod config;
 pub mod directory;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod handler;
 pub mod listener;
 pub mod mta_pool;
@@ -86,7 +108,9 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Result<
         .await
         .map_err(MsaError::Metrics)?;
     let _grpc = match &config.grpc {
-        Some(grpc) => Some(correo_runtime::grpc::serve_operator_services(grpc.listen, &config.tls).await?),
+        Some(grpc) => {
+            Some(correo_runtime::grpc::serve_operator_services(grpc.listen, &config.tls).await?)
+        }
         None => None,
     };
     Server::bind(config).await?.run(shutdown).await

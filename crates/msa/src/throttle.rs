@@ -104,7 +104,8 @@ impl LoginThrottle {
         let over = |limit: usize, n: usize| limit != 0 && n >= limit;
         let by_client = self.recent(&mut map, &client_key(client), now);
         let by_account = self.recent(&mut map, &account_key(username), now);
-        !(over(s.max_failures_per_client, by_client) || over(s.max_failures_per_account, by_account))
+        !(over(s.max_failures_per_client, by_client)
+            || over(s.max_failures_per_account, by_account))
     }
 
     /// Records a failed attempt.
@@ -187,7 +188,10 @@ mod tests {
         // Same /64.
         assert!(!t.allowed_at("2001:db8::2".parse().unwrap(), "c@x.test", now));
         assert!(t.allowed_at("2001:db8:1::1".parse().unwrap(), "c@x.test", now));
-        assert_eq!(throttled_reply().to_string(), "421 4.7.0 too many failed logins, try later");
+        assert_eq!(
+            throttled_reply().to_string(),
+            "421 4.7.0 too many failed logins, try later"
+        );
     }
 
     #[test]

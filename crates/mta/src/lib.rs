@@ -18,7 +18,17 @@
 //!   local domains through the MDA's `Delivery.Deliver` ([`local`]), others
 //!   by MX lookup ([`route`]) and SMTP ([`relay`]). Temporary failures are
 //!   retried with a doubling, jittered back-off ([`retry`]) until the queue
-//!   lifetime; permanent failures go to [`bounce::on_permanent_failure`].
+//!   lifetime. A destination that keeps refusing connections is backed off
+//!   as a whole (circuit breaker): its recipients are deferred without
+//!   connecting, so a dead domain does not hold up live ones. Due work is
+//!   found through a time-ordered schedule, never a scan of the index.
+//! - **Bounces.** Permanent failures (5xx, null MX, NXDOMAIN, expiry,
+//!   `mta queue bounce`) produce one RFC 3464 DSN per message and failure
+//!   batch, from `<>` to the envelope sender, queued through the same
+//!   spool ([`bounce`]); a message from `<>` is never bounced. One "delayed"
+//!   DSN after `retry.delay_warning`.
+//! - **Disk.** A spool write or fsync failure answers `451 4.3.0`; less
+//!   than `spool.min_free_bytes` free answers `452 4.3.1` at MAIL ([`space`]).
 //! - **Control.** `QueueAdmin` over gRPC, used by `mta queue …` ([`cli`]).
 //!
 //! Every log line about a message carries `queue_id` and `journey` fields.
@@ -38,7 +48,10 @@
 //!   messages with more than 30 `Received:` fields (`554 5.4.6`, loops);
 //!   bare CR/LF line endings (smuggling); messages over
 //!   `smtp.max_message_size`; sessions beyond `smtp.max_connections` (or
-//!   `max_connections_per_client`) get `421 4.7.0`; relaying to a domain
+//!   `max_connections_per_client`) get `421 4.7.0`; clients that talk
+//!   before the greeting (`smtp.greeting_delay`) get `554 5.5.1`; idle and
+//!   slow-drip clients `421 4.4.2` (`smtp.command_timeout`, whole command
+//!   line; `smtp.data_timeout`); relaying to a domain
 //!   whose best MX is this host (RFC 5321 5.1 loop). Queue ids are checked
 //!   to be 16 hex digits before they touch a path.
 //! - Outbound STARTTLS is opportunistic and unauthenticated (RFC 7435).
@@ -49,7 +62,8 @@
 //! RFC 7505 (null MX, `556 5.1.10`), RFC 3207 (STARTTLS), RFC 3463 and
 //! RFC 2034 (enhanced status codes), RFC 3848 (ESMTPA/ESMTPS in Received),
 //! RFC 6531 is not supported, RFC 7435 (opportunistic TLS), RFC 5322
-//! (message format). Bounces (RFC 3464 DSNs) are not sent yet.
+//! (message format), RFC 3464 and RFC 3462 (delivery status notifications,
+//! multipart/report), RFC 3834 (Auto-Submitted).
 
 pub mod bounce;
 pub mod cli;

@@ -11,8 +11,12 @@ use crate::queue::Outcome;
 use crate::route::{self, Resolver, RouteError};
 use correo_smtp::client::{ClientConfig, ClientError, Connection};
 use futures::future::BoxFuture;
+use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// Why one SMTP attempt as a whole failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,9 +44,83 @@ pub trait SmtpTransport: Send + Sync {
     ) -> BoxFuture<'a, Result<Vec<RecipientReply>, AttemptError>>;
 }
 
-/// The real transport: `correo_smtp::client`.
+/// How long an idle connection is kept for the next message to the same
+/// address (connection reuse: several messages due together share one
+/// SMTP session, one transaction after the other).
+pub const IDLE_REUSE: Duration = Duration::from_secs(5);
+
+/// Idle connections kept per address at most.
+const MAX_IDLE_PER_ADDR: usize = 8;
+
+type IdlePool = Mutex<HashMap<SocketAddr, Vec<(Connection, Instant)>>>;
+
+/// The real transport: `correo_smtp::client`, with a pool of idle
+/// connections per address.
 pub struct SmtpClient {
     pub config: ClientConfig,
+    idle: IdlePool,
+    /// Connections opened (tests, diagnostics).
+    opened: AtomicU64,
+}
+
+impl SmtpClient {
+    pub fn new(config: ClientConfig) -> SmtpClient {
+        SmtpClient {
+            config,
+            idle: Mutex::new(HashMap::new()),
+            opened: AtomicU64::new(0),
+        }
+    }
+
+    /// Connections opened so far.
+    pub fn opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+
+    fn take(&self, addr: SocketAddr) -> Option<Connection> {
+        let mut idle = self.idle.lock();
+        let list = idle.get_mut(&addr)?;
+        while let Some((connection, since)) = list.pop() {
+            if since.elapsed() < IDLE_REUSE {
+                return Some(connection);
+            }
+        }
+        None
+    }
+
+    fn put_back(&self, addr: SocketAddr, connection: Connection) {
+        let mut idle = self.idle.lock();
+        let list = idle.entry(addr).or_default();
+        if list.len() < MAX_IDLE_PER_ADDR {
+            list.push((connection, Instant::now()));
+        }
+    }
+
+    /// Closes (QUIT) idle connections older than [`IDLE_REUSE`]; `all`
+    /// closes every one (shutdown).
+    pub async fn close_idle(&self, all: bool) {
+        let expired: Vec<Connection> = {
+            let mut idle = self.idle.lock();
+            let mut expired = Vec::new();
+            for list in idle.values_mut() {
+                let (old, keep): (Vec<_>, Vec<_>) = list
+                    .drain(..)
+                    .partition(|(_, since)| all || since.elapsed() >= IDLE_REUSE);
+                *list = keep;
+                expired.extend(old.into_iter().map(|(c, _)| c));
+            }
+            idle.retain(|_, list| !list.is_empty());
+            expired
+        };
+        futures::future::join_all(expired.into_iter().map(Connection::quit)).await;
+    }
+
+    fn outcomes(outcomes: Vec<correo_smtp::client::RecipientOutcome>) -> Vec<RecipientReply> {
+        outcomes
+            .into_iter()
+            .map(|o| (o.recipient, o.reply.code, o.reply.to_string()))
+            .collect()
+    }
 }
 
 impl SmtpTransport for SmtpClient {
@@ -55,18 +133,40 @@ impl SmtpTransport for SmtpClient {
         message: &'a [u8],
     ) -> BoxFuture<'a, Result<Vec<RecipientReply>, AttemptError>> {
         Box::pin(async move {
+            if let Some(mut connection) = self.take(addr) {
+                match connection.send(sender, recipients, message).await {
+                    Ok(outcomes) => {
+                        let tls = connection.tls().unwrap_or_else(|| "none".into());
+                        tracing::info!(journey_event = "connected", peer = %addr, host, %tls, detail = "reused", "reused connection to MX");
+                        self.put_back(addr, connection);
+                        return Ok(Self::outcomes(outcomes));
+                    }
+                    Err(e @ ClientError::Rejected(_)) => {
+                        // MAIL refused; the session itself is fine (RSET done).
+                        self.put_back(addr, connection);
+                        return Err(client_error(addr, e));
+                    }
+                    // Closed by the server while idle: use a fresh one.
+                    Err(e) => tracing::debug!(%addr, error = %e, "idle connection unusable"),
+                }
+            }
             let mut connection = Connection::connect(addr, host, &self.config)
                 .await
                 .map_err(|e| client_error(addr, e))?;
+            self.opened.fetch_add(1, Ordering::Relaxed);
             let tls = connection.tls().unwrap_or_else(|| "none".into());
             tracing::info!(journey_event = "connected", peer = %addr, host, %tls, "connected to MX");
-            let result = connection.send(sender, recipients, message).await;
-            connection.quit().await;
-            let outcomes = result.map_err(|e| client_error(addr, e))?;
-            Ok(outcomes
-                .into_iter()
-                .map(|o| (o.recipient, o.reply.code, o.reply.to_string()))
-                .collect())
+            match connection.send(sender, recipients, message).await {
+                Ok(outcomes) => {
+                    self.put_back(addr, connection);
+                    Ok(Self::outcomes(outcomes))
+                }
+                Err(e @ ClientError::Rejected(_)) => {
+                    connection.quit().await;
+                    Err(client_error(addr, e))
+                }
+                Err(e) => Err(client_error(addr, e)),
+            }
         })
     }
 }
@@ -340,5 +440,82 @@ mod tests {
             .await;
         assert!(matches!(&out[0].1, Outcome::Failed(r) if r.starts_with("556 5.1.10")));
         assert!(t.tried.lock().is_empty());
+    }
+
+    /// A minimal SMTP server: counts connections and transactions.
+    async fn sink() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::AtomicUsize;
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let messages = Arc::new(AtomicUsize::new(0));
+        let (c, m) = (connections.clone(), messages.clone());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                c.fetch_add(1, Ordering::SeqCst);
+                let m = m.clone();
+                tokio::spawn(async move {
+                    let (r, mut w) = stream.into_split();
+                    let mut lines = BufReader::new(r).lines();
+                    w.write_all(b"220 sink\r\n").await.unwrap();
+                    let mut in_data = false;
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let reply: &[u8] = if in_data {
+                            if line != "." {
+                                continue;
+                            }
+                            in_data = false;
+                            m.fetch_add(1, Ordering::SeqCst);
+                            b"250 2.0.0 ok\r\n"
+                        } else if line.starts_with("EHLO") {
+                            b"250-sink\r\n250 8BITMIME\r\n"
+                        } else if line == "DATA" {
+                            in_data = true;
+                            b"354 go\r\n"
+                        } else if line == "QUIT" {
+                            let _ = w.write_all(b"221 bye\r\n").await;
+                            break;
+                        } else {
+                            b"250 2.1.0 ok\r\n"
+                        };
+                        if w.write_all(reply).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, connections, messages)
+    }
+
+    #[tokio::test]
+    async fn messages_to_the_same_host_share_one_connection() {
+        let (addr, connections, messages) = sink().await;
+        let client = SmtpClient::new(ClientConfig {
+            helo_name: "mx.example.test".into(),
+            connect_timeout: Duration::from_secs(5),
+            command_timeout: Duration::from_secs(5),
+            data_timeout: Duration::from_secs(5),
+            starttls: false,
+        });
+        for i in 0..3 {
+            let out = client
+                .attempt(addr, "sink", "a@x.test", &rcpts(&["u@d.test"]), format!("Subject: {i}\r\n\r\nx\r\n").as_bytes())
+                .await
+                .unwrap();
+            assert_eq!(out[0].1, 250, "{out:?}");
+        }
+        assert_eq!(messages.load(Ordering::SeqCst), 3);
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+        assert_eq!(client.opened(), 1);
+        client.close_idle(true).await;
+        // After closing, a new message opens a new connection.
+        client
+            .attempt(addr, "sink", "a@x.test", &rcpts(&["u@d.test"]), b"x\r\n")
+            .await
+            .unwrap();
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
     }
 }

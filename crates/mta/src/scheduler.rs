@@ -141,8 +141,8 @@ enum Gate {
     Open,
     /// Backed off until then: defer without connecting.
     BackedOff(i64, u32),
-    /// Its probe is in flight: wait.
-    Probing,
+    /// Its probe is in flight: defer the others for a back-off step.
+    Probing(u32),
 }
 
 type HealthMap = Arc<Mutex<HashMap<String, Health>>>;
@@ -250,7 +250,7 @@ impl Scheduler {
         };
         match h.open_until {
             Some(until) if until > now => Gate::BackedOff(until, h.failures),
-            Some(_) if h.probing => Gate::Probing,
+            Some(_) if h.probing => Gate::Probing(h.failures),
             Some(_) => {
                 h.probing = true;
                 Gate::Open
@@ -298,10 +298,17 @@ impl Scheduler {
                 if self.in_flight.lock().contains(&key) || self.cooldown.lock().contains_key(&key) {
                     continue;
                 }
-                match self.gate(&domain, now) {
-                    Gate::Open => {}
-                    Gate::Probing => continue,
-                    Gate::BackedOff(until, failures) => {
+                let (until, failures) = match self.gate(&domain, now) {
+                    Gate::Open => (None, 0),
+                    Gate::Probing(failures) => (
+                        Some(now + self.limits.breaker_first.as_secs().max(1) as i64),
+                        failures,
+                    ),
+                    Gate::BackedOff(until, failures) => (Some(until), failures),
+                };
+                match until {
+                    None => {}
+                    Some(until) => {
                         let reply = format!(
                             "451 4.4.1 destination {domain} backed off after {failures} consecutive connection failures"
                         );

@@ -135,17 +135,30 @@ impl Server {
         // Delivery.
         let mda = Mda::new(&config.mda.endpoint, &config.mda.server_name, &config.tls)?;
         let resolver = HickoryResolver::new(&config.dns.nameservers)?;
+        let smtp_client = Arc::new(SmtpClient::new(ClientConfig {
+            helo_name: config.hostname.clone(),
+            connect_timeout: config.relay.connect_timeout,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
+            starttls: config.relay.starttls,
+        }));
+        // Idle relay connections are kept briefly for reuse, then closed.
+        {
+            let client = smtp_client.clone();
+            let mut stop = stop_rx.clone();
+            tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => client.close_idle(false).await,
+                        _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
+                    }
+                }
+                client.close_idle(true).await;
+            });
+        }
         let relay = Relay {
             resolver: Arc::new(resolver),
-            transport: Arc::new(SmtpClient {
-                config: ClientConfig {
-                    helo_name: config.hostname.clone(),
-                    connect_timeout: config.relay.connect_timeout,
-                    command_timeout: Duration::from_secs(300),
-                    data_timeout: Duration::from_secs(600),
-                    starttls: config.relay.starttls,
-                },
-            }),
+            transport: smtp_client.clone(),
             port: config.relay.port,
             hostname: config.hostname.clone(),
         };

@@ -41,6 +41,7 @@ Examples:
   mua save-attachment 1733040000.M1P2.mda 1 --out ~/Downloads/
   mua delete 1733040000.M1P2.mda
   mua watch
+  mua journey 1733040000.M1P2.mda        # the hops it took, with TLS or not
   printf '%s\\n' \"$PW\" | mua --password-stdin list";
 
 /// Correo's mail program: send over SMTP submission, read over the mailbox API.
@@ -97,6 +98,16 @@ pub enum Command {
     Delete {
         /// Message id, as shown by `mua list`.
         id: String,
+    },
+    /// Show the hops a message in the mailbox took to get here (from its
+    /// Received: fields): which server received it from where, when, and
+    /// whether the link was encrypted. Operators see more with `correo journey`.
+    Journey {
+        /// Message id, as shown by `mua list`.
+        id: String,
+        /// The report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Print each message as it arrives, until Ctrl-C.
     Watch {
@@ -203,6 +214,28 @@ pub async fn run(cli: Cli, ctx: &mut Context<'_>) -> anyhow::Result<()> {
             let mut client = connect(&profile, cli.password_stdin, ctx).await?;
             let bytes = client.fetch(&id).await?;
             save_attachment(&id, &bytes, &attachment, out.as_deref(), force, ctx)
+        }
+        Command::Journey { id, json } => {
+            let mut client = connect(&profile, cli.password_stdin, ctx).await?;
+            let bytes = client.fetch(&id).await?;
+            let received = correo_runtime::journey::headers(&bytes, "received");
+            let mut report = correo_runtime::journey::Report::new(&id, Vec::new(), Some(received));
+            report.journey_ids = correo_runtime::journey::header(&bytes, "x-correo-journey")
+                .into_iter()
+                .collect();
+            report.message_ids = correo_runtime::journey::header(&bytes, "message-id")
+                .into_iter()
+                .collect();
+            if json {
+                writeln!(ctx.stdout, "{}", serde_json::to_string_pretty(&report)?)?;
+            } else {
+                let text = report.render().replace(
+                    "\nNo role has a record of it.\n",
+                    "\n(Each server's own records: ask the operator to run `correo journey` with the journey id.)\n",
+                );
+                ctx.stdout.write_all(render::sanitize(&text).as_bytes())?;
+            }
+            Ok(())
         }
         Command::Delete { id } => {
             let mut client = connect(&profile, cli.password_stdin, ctx).await?;

@@ -22,6 +22,9 @@
 //! `correo mua …` run.
 //!
 //! ## SECURITY
+//! - Listens on nothing: it is a client of the MSA (SMTP submission) and
+//!   the MDA's Mailbox API (gRPC over TLS), and exits when done (`watch`
+//!   keeps one outgoing stream open).
 //! - Trusts only the profile's CA (`ca`), for SMTP and gRPC alike; system
 //!   roots are not loaded, so no other certificate for the same name is
 //!   accepted. The server name checked is the profile's

@@ -96,7 +96,10 @@ impl ConnectionLimiter {
     }
 
     /// Admits one more connection from `client`, or says which limit it hits.
-    pub fn try_acquire(self: &Arc<Self>, client: IpAddr) -> Result<ConnectionPermit, LimitExceeded> {
+    pub fn try_acquire(
+        self: &Arc<Self>,
+        client: IpAddr,
+    ) -> Result<ConnectionPermit, LimitExceeded> {
         let client = client_key(client);
         let mut state = self.lock();
         if state.open >= self.total {

@@ -4,7 +4,7 @@
 //! The driver owns command order, limits, STARTTLS and the AUTH exchange;
 //! the command and DATA byte handling is the sans-IO [`crate::reader`].
 
-mod command;
+pub(crate) mod command;
 mod conn;
 mod limit;
 mod sasl;
@@ -205,7 +205,6 @@ pub trait Handler: Send {
 // A handler reply with code 421 (from any method) makes the driver close the
 // session after sending it: 421 means "closing the channel" (RFC 5321 4.2.3).
 
-
 /// Runs one SMTP session on an accepted connection until QUIT, error, timeout
 /// or `shutdown` resolving (then 421 4.3.2 and close). Never panics on input.
 ///
@@ -243,11 +242,7 @@ where
 /// handshake first for [`TlsMode::Implicit`] (so the client can read the
 /// reply), sends `reply` (e.g. from [`LimitExceeded::reply`]) and closes.
 /// Bounded by `config.command_timeout`, at most 10 s (refusals are cheap).
-pub async fn refuse<S>(
-    stream: S,
-    config: &ServerConfig,
-    reply: &Reply,
-) -> std::io::Result<()>
+pub async fn refuse<S>(stream: S, config: &ServerConfig, reply: &Reply) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {

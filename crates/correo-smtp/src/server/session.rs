@@ -462,8 +462,12 @@ where
             Ok(None) => scram::decoy_credentials(&username),
             Err(reply) => return Ok(self.refuse(reply)),
         };
-        let (server, server_first) = scram::ScramServer::new(first, credentials, &scram::random_nonce());
-        let final_msg = match self.challenge(&sasl::encode(server_first.as_bytes())).await? {
+        let (server, server_first) =
+            scram::ScramServer::new(first, credentials, &scram::random_nonce());
+        let final_msg = match self
+            .challenge(&sasl::encode(server_first.as_bytes()))
+            .await?
+        {
             Ok(r) => r,
             Err(reply) => return Ok(self.refuse(reply)),
         };
@@ -482,12 +486,21 @@ where
             }
         };
         // The client checks our signature and answers with an empty line.
-        match self.challenge(&sasl::encode(server_final.as_bytes())).await? {
+        match self
+            .challenge(&sasl::encode(server_final.as_bytes()))
+            .await?
+        {
             Ok(r) if r.trim().is_empty() => {}
-            Ok(_) => return Ok(self.refuse(Reply::new(501, "5.5.2", "expected an empty response"))),
+            Ok(_) => {
+                return Ok(self.refuse(Reply::new(501, "5.5.2", "expected an empty response")));
+            }
             Err(reply) => return Ok(self.refuse(reply)),
         }
-        match self.handler.scram_authenticated(&self.info, &username).await {
+        match self
+            .handler
+            .scram_authenticated(&self.info, &username)
+            .await
+        {
             Ok(identity) => {
                 tracing::debug!(peer = %self.info.peer, identity = ?identity, "authenticated (SCRAM-SHA-256)");
                 self.info.authenticated = Some(identity);
