@@ -105,7 +105,11 @@ impl Options {
 pub fn default_bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().expect("exe dir").to_path_buf();
-    if dir.ends_with("deps") { dir.parent().unwrap().to_path_buf() } else { dir }
+    if dir.ends_with("deps") {
+        dir.parent().unwrap().to_path_buf()
+    } else {
+        dir
+    }
 }
 
 /// One line of the results table.
@@ -144,7 +148,15 @@ impl Report {
             postfix,
             ratio,
         };
-        println!("  [{:>5.0}s] {:<11} {:<52} correo {:<22} postfix {:<22} {}", self.started.elapsed().as_secs_f64(), row.section, row.name, row.correo, row.postfix, row.ratio);
+        println!(
+            "  [{:>5.0}s] {:<11} {:<52} correo {:<22} postfix {:<22} {}",
+            self.started.elapsed().as_secs_f64(),
+            row.section,
+            row.name,
+            row.correo,
+            row.postfix,
+            row.ratio
+        );
         let _ = std::io::stdout().flush();
         self.rows.push(row);
     }
@@ -156,9 +168,14 @@ impl Report {
 
     /// The results as a Markdown table.
     pub fn markdown(&self) -> String {
-        let mut s = String::from("| section | figure | Correo | Postfix | Correo / Postfix |\n|---|---|---|---|---|\n");
+        let mut s = String::from(
+            "| section | figure | Correo | Postfix | Correo / Postfix |\n|---|---|---|---|---|\n",
+        );
         for r in &self.rows {
-            s.push_str(&format!("| {} | {} | {} | {} | {} |\n", r.section, r.name, r.correo, r.postfix, r.ratio));
+            s.push_str(&format!(
+                "| {} | {} | {} | {} | {} |\n",
+                r.section, r.name, r.correo, r.postfix, r.ratio
+            ));
         }
         for n in &self.notes {
             s.push_str(&format!("\n- {n}"));
@@ -205,11 +222,16 @@ fn fmt_rate(r: &Result<f64>) -> String {
 fn one_line(e: &anyhow::Error) -> String {
     let s = format!("{e:#}");
     let s = s.lines().next().unwrap_or("").to_string();
-    if s.len() > 160 { format!("{}…", &s[..160]) } else { s }
+    if s.len() > 160 {
+        format!("{}…", &s[..160])
+    } else {
+        s
+    }
 }
 
 fn mb(kb: Option<u64>) -> String {
-    kb.map(|k| format!("{:.1} MB", k as f64 / 1024.0)).unwrap_or_else(|| "n/a".into())
+    kb.map(|k| format!("{:.1} MB", k as f64 / 1024.0))
+        .unwrap_or_else(|| "n/a".into())
 }
 
 /// A server under test: where to connect and where its mail lands.
@@ -230,7 +252,11 @@ impl Shape {
     fn label(&self) -> String {
         format!(
             "{}, {} session{}{}",
-            if self.size >= 1024 * 1024 { format!("{} MB", self.size / 1_000_000) } else { format!("{} KiB", self.size / 1024) },
+            if self.size >= 1024 * 1024 {
+                format!("{} MB", self.size / 1_000_000)
+            } else {
+                format!("{} KiB", self.size / 1024)
+            },
             self.sessions,
             if self.sessions == 1 { "" } else { "s" },
             if self.reuse { ", reuse (-d)" } else { "" }
@@ -261,7 +287,10 @@ pub fn run(o: Options) -> Result<Report> {
     }
     for b in ["mta", "mda", "msa", "correo-dns"] {
         if !o.bin_dir.join(b).exists() {
-            bail!("{} missing: build with `cargo build --release -p mta -p mda -p msa -p correo-dns`", o.bin_dir.join(b).display());
+            bail!(
+                "{} missing: build with `cargo build --release -p mta -p mda -p msa -p correo-dns`",
+                o.bin_dir.join(b).display()
+            );
         }
     }
     let mut bench = Bench {
@@ -287,7 +316,11 @@ fn smtp_limits(total: usize) -> String {
 fn raise_nofile() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     if let Ok((_soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard.min(1 << 20), hard.min(1 << 20));
+        let _ = setrlimit(
+            Resource::RLIMIT_NOFILE,
+            hard.min(1 << 20),
+            hard.min(1 << 20),
+        );
     }
 }
 
@@ -304,9 +337,17 @@ impl Bench {
         println!("machine: {}", machine());
         let postfix = self.start_postfix();
         if let Some(p) = &postfix {
-            self.report.note(format!("peer: Postfix {} via setup.sh on {}", postfix::Postfix::version(), p.addr));
+            self.report.note(format!(
+                "peer: Postfix {} via setup.sh on {}",
+                postfix::Postfix::version(),
+                p.addr
+            ));
         }
-        let client_name = if self.smtp_source.is_some() { "smtp-source" } else { "the built-in client (smtp-source not installed)" };
+        let client_name = if self.smtp_source.is_some() {
+            "smtp-source"
+        } else {
+            "the built-in client (smtp-source not installed)"
+        };
         self.report.note(format!("inbound load client: {client_name}; every other figure: the built-in tokio/rustls client"));
 
         let pf_target = postfix.as_ref().map(|p| Target {
@@ -315,7 +356,9 @@ impl Bench {
         });
 
         // Stack A: throughput, submission, latency, peak RSS, idle sessions.
-        let needs_a = ["inbound", "submission", "latency", "memory", "idle"].iter().any(|s| o.wants(s));
+        let needs_a = ["inbound", "submission", "latency", "memory", "idle"]
+            .iter()
+            .any(|s| o.wants(s));
         if needs_a {
             let mut stack = Stack::start(
                 &o.bin_dir,
@@ -363,12 +406,24 @@ impl Bench {
         }
         if o.wants("large") {
             if let Err(e) = self.large(pf_target.as_ref()) {
-                self.report.row("large", "25 MB message", format!("not measured: {}", one_line(&e)), "—".into(), "—".into());
+                self.report.row(
+                    "large",
+                    "25 MB message",
+                    format!("not measured: {}", one_line(&e)),
+                    "—".into(),
+                    "—".into(),
+                );
             }
         }
         if o.wants("backlog") {
             if let Err(e) = self.backlog() {
-                self.report.row("backlog", "fresh mail with a dead-destination backlog", format!("not measured: {}", one_line(&e)), "—".into(), "—".into());
+                self.report.row(
+                    "backlog",
+                    "fresh mail with a dead-destination backlog",
+                    format!("not measured: {}", one_line(&e)),
+                    "—".into(),
+                    "—".into(),
+                );
             }
         }
         drop(postfix);
@@ -378,24 +433,31 @@ impl Bench {
     fn check_alive(&mut self, stack: &mut Stack) {
         for p in stack.processes.iter_mut() {
             if !p.is_running() {
-                self.report.note(format!("{} exited during the run:\n{}", p.name, stack::tail_lines(&p.log_text(), 10)));
+                self.report.note(format!(
+                    "{} exited during the run:\n{}",
+                    p.name,
+                    stack::tail_lines(&p.log_text(), 10)
+                ));
             }
         }
     }
 
     fn start_postfix(&mut self) -> Option<postfix::Postfix> {
         if !self.o.postfix {
-            self.report.note("Postfix peer skipped (--no-postfix)".into());
+            self.report
+                .note("Postfix peer skipped (--no-postfix)".into());
             return None;
         }
         let Some(script) = postfix::find_script(self.o.postfix_script.as_deref()) else {
-            self.report.note("Postfix peer skipped: shared/peers/postfix/setup.sh not found".into());
+            self.report
+                .note("Postfix peer skipped: shared/peers/postfix/setup.sh not found".into());
             return None;
         };
         match postfix::Postfix::start(&script, self.o.postfix_port) {
             Ok(p) => Some(p),
             Err(e) => {
-                self.report.note(format!("Postfix peer skipped: {}", one_line(&e)));
+                self.report
+                    .note(format!("Postfix peer skipped: {}", one_line(&e)));
                 None
             }
         }
@@ -404,9 +466,18 @@ impl Bench {
     /// One message end to end, so directories exist and caches are warm.
     fn warm_up(&self, t: &Target) -> Result<()> {
         maildir::clear(&t.new_dir);
-        let spec = self.spec(t.addr, Shape { size: 1024, sessions: 1, reuse: false }, 1);
+        let spec = self.spec(
+            t.addr,
+            Shape {
+                size: 1024,
+                sessions: 1,
+                reuse: false,
+            },
+            1,
+        );
         self.rt.block_on(load::run(spec))?;
-        maildir::wait_count(&t.new_dir, 1, Duration::from_secs(30)).context("warm-up message not delivered within 30 s")?;
+        maildir::wait_count(&t.new_dir, 1, Duration::from_secs(30))
+            .context("warm-up message not delivered within 30 s")?;
         maildir::clear(&t.new_dir);
         Ok(())
     }
@@ -428,7 +499,8 @@ impl Bench {
 
     fn run_timeout(&self, n: usize, shape: Shape) -> Duration {
         // Generous: a stall shows up as "not measured", never as a hang.
-        Duration::from_secs(60) + Duration::from_millis((n as u64) * if shape.size > 10_000 { 40 } else { 20 })
+        Duration::from_secs(60)
+            + Duration::from_millis((n as u64) * if shape.size > 10_000 { 40 } else { 20 })
     }
 
     /// Delivered messages/s: N files in new/ over the time from the first connect.
@@ -444,18 +516,34 @@ impl Bench {
     /// Sends `n` messages and waits up to `timeout` for them in new/;
     /// returns how many arrived and the seconds from the first connect until
     /// the last of them (or until the timeout).
-    fn deliveries(&self, t: &Target, shape: Shape, n: usize, force_own: bool, timeout: Duration) -> Result<(usize, f64)> {
+    fn deliveries(
+        &self,
+        t: &Target,
+        shape: Shape,
+        n: usize,
+        force_own: bool,
+        timeout: Duration,
+    ) -> Result<(usize, f64)> {
         maildir::clear(&t.new_dir);
         let start = Instant::now();
         let done = match (&self.smtp_source, force_own) {
             (Some(src), false) => {
                 let mut cmd = Command::new(src);
-                cmd.args(["-l", &shape.size.to_string(), "-m", &n.to_string(), "-s", &shape.sessions.to_string()]);
+                cmd.args([
+                    "-l",
+                    &shape.size.to_string(),
+                    "-m",
+                    &n.to_string(),
+                    "-s",
+                    &shape.sessions.to_string(),
+                ]);
                 if shape.reuse {
                     cmd.arg("-d");
                 }
-                cmd.args(["-f", "a@bench.test", "-t", stack::USER]).arg(t.addr.to_string());
-                cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+                cmd.args(["-f", "a@bench.test", "-t", stack::USER])
+                    .arg(t.addr.to_string());
+                cmd.stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped());
                 let mut child = cmd.spawn().context("spawn smtp-source")?;
                 let done = maildir::wait_count(&t.new_dir, n, timeout);
                 if done.is_none() {
@@ -484,7 +572,10 @@ impl Bench {
         };
         Ok(match done {
             Some(at) => (n, at.duration_since(start).as_secs_f64()),
-            None => (maildir::count(&t.new_dir).min(n), start.elapsed().as_secs_f64()),
+            None => (
+                maildir::count(&t.new_dir).min(n),
+                start.elapsed().as_secs_f64(),
+            ),
         })
     }
 
@@ -504,7 +595,12 @@ impl Bench {
             match self.throughput(c, shape, n, force_own) {
                 Ok(v) => cv.push(v),
                 Err(e) => {
-                    failures.push(format!("Correo {} run {}: {}", shape.label(), run + 1, one_line(&e)));
+                    failures.push(format!(
+                        "Correo {} run {}: {}",
+                        shape.label(),
+                        run + 1,
+                        one_line(&e)
+                    ));
                     ce = Some(e)
                 }
             }
@@ -512,14 +608,29 @@ impl Bench {
                 match self.throughput(p, shape, n, force_own) {
                     Ok(v) => pv.push(v),
                     Err(e) => {
-                        failures.push(format!("Postfix {} run {}: {}", shape.label(), run + 1, one_line(&e)));
+                        failures.push(format!(
+                            "Postfix {} run {}: {}",
+                            shape.label(),
+                            run + 1,
+                            one_line(&e)
+                        ));
                         pe = Some(e)
                     }
                 }
             }
         }
-        let c = if cv.is_empty() { Err(ce.unwrap()) } else { Ok(median(&mut cv)) };
-        let p = p.map(|_| if pv.is_empty() { Err(pe.unwrap()) } else { Ok(median(&mut pv)) });
+        let c = if cv.is_empty() {
+            Err(ce.unwrap())
+        } else {
+            Ok(median(&mut cv))
+        };
+        let p = p.map(|_| {
+            if pv.is_empty() {
+                Err(pe.unwrap())
+            } else {
+                Ok(median(&mut pv))
+            }
+        });
         (c, p, failures)
     }
 
@@ -529,10 +640,15 @@ impl Bench {
         for size in [1024, 102_400] {
             for sessions in [1, 20] {
                 for reuse in [false, true] {
-                    let shape = Shape { size, sessions, reuse };
+                    let shape = Shape {
+                        size,
+                        sessions,
+                        reuse,
+                    };
                     let (cr, pr, failures) = self.side_by_side(c, p, shape, n, false);
                     for f in failures {
-                        self.report.note(format!("failed run (excluded from the median): {f}"));
+                        self.report
+                            .note(format!("failed run (excluded from the median): {f}"));
                     }
                     let pv = pr.as_ref().and_then(|r| r.as_ref().ok().copied());
                     let cv = cr.as_ref().ok().copied();
@@ -540,7 +656,13 @@ impl Bench {
                         max = (cv, pv);
                     }
                     let pf = pr.map(|r| fmt_rate(&r)).unwrap_or_else(|| "skipped".into());
-                    self.report.row("inbound", &format!("{} (N={n})", shape.label()), fmt_rate(&cr), pf, ratio(cv, pv));
+                    self.report.row(
+                        "inbound",
+                        &format!("{} (N={n})", shape.label()),
+                        fmt_rate(&cr),
+                        pf,
+                        ratio(cv, pv),
+                    );
                 }
             }
         }
@@ -552,7 +674,13 @@ impl Bench {
         let connector = match load::connector(&stack.path("certs/ca.pem")) {
             Ok(c) => c,
             Err(e) => {
-                self.report.row("submission", "STARTTLS + AUTH", format!("not measured: {}", one_line(&e)), "—".into(), "—".into());
+                self.report.row(
+                    "submission",
+                    "STARTTLS + AUTH",
+                    format!("not measured: {}", one_line(&e)),
+                    "—".into(),
+                    "—".into(),
+                );
                 return;
             }
         };
@@ -567,7 +695,11 @@ impl Bench {
             password: stack::PASSWORD.into(),
         };
         for (sessions, reuse, n) in [(1, true, n), (20, true, n), (20, false, (n / 4).max(10))] {
-            let shape = Shape { size: 1024, sessions, reuse };
+            let shape = Shape {
+                size: 1024,
+                sessions,
+                reuse,
+            };
             let mut values = Vec::new();
             let mut err = None;
             for _ in 0..self.o.runs {
@@ -579,18 +711,39 @@ impl Bench {
                 let handle = self.rt.spawn(load::run(spec));
                 let done = maildir::wait_count(&target.new_dir, n, self.run_timeout(n, shape));
                 match (self.rt.block_on(handle), done) {
-                    (Ok(Ok(_)), Some(at)) => values.push(n as f64 / at.duration_since(start).as_secs_f64()),
+                    (Ok(Ok(_)), Some(at)) => {
+                        values.push(n as f64 / at.duration_since(start).as_secs_f64())
+                    }
                     (Ok(Err(e)), _) => err = Some(e),
                     (Err(e), _) => err = Some(e.into()),
-                    (_, None) => err = Some(anyhow::anyhow!("{} of {n} delivered in time", maildir::count(&target.new_dir))),
+                    (_, None) => {
+                        err = Some(anyhow::anyhow!(
+                            "{} of {n} delivered in time",
+                            maildir::count(&target.new_dir)
+                        ))
+                    }
                 }
             }
-            let r = if values.is_empty() { Err(err.unwrap()) } else { Ok(median(&mut values)) };
+            let r = if values.is_empty() {
+                Err(err.unwrap())
+            } else {
+                Ok(median(&mut values))
+            };
             let label = format!(
                 "STARTTLS+AUTH via MSA, 1 KiB, {sessions} session(s), {} (N={n})",
-                if reuse { "reuse" } else { "new session+AUTH per message" }
+                if reuse {
+                    "reuse"
+                } else {
+                    "new session+AUTH per message"
+                }
             );
-            self.report.row("submission", &label, fmt_rate(&r), "not measured: peer has no submission service".into(), "—".into());
+            self.report.row(
+                "submission",
+                &label,
+                fmt_rate(&r),
+                "not measured: peer has no submission service".into(),
+                "—".into(),
+            );
         }
     }
 
@@ -600,7 +753,15 @@ impl Bench {
         let n = ((rate * if self.o.quick { 2.0 } else { 10.0 }) as usize).clamp(20, 5000);
         maildir::clear(&t.new_dir);
         let watcher = maildir::Watcher::start(&t.new_dir)?;
-        let mut spec = self.spec(t.addr, Shape { size: 1024, sessions: 20, reuse: true }, n);
+        let mut spec = self.spec(
+            t.addr,
+            Shape {
+                size: 1024,
+                sessions: 20,
+                reuse: true,
+            },
+            n,
+        );
         spec.rate = Some(rate);
         let start = Instant::now();
         let sent = self.rt.block_on(load::run(spec))?;
@@ -609,25 +770,51 @@ impl Bench {
         while watcher.len() < n && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        let arrivals: std::collections::HashMap<u64, Instant> = watcher.finish().into_iter().collect();
+        let arrivals: std::collections::HashMap<u64, Instant> =
+            watcher.finish().into_iter().collect();
         let mut lat: Vec<f64> = sent
             .iter()
-            .filter_map(|s| Some(arrivals.get(&s.seq)?.saturating_duration_since(s.dot).as_secs_f64() * 1000.0))
+            .filter_map(|s| {
+                Some(
+                    arrivals
+                        .get(&s.seq)?
+                        .saturating_duration_since(s.dot)
+                        .as_secs_f64()
+                        * 1000.0,
+                )
+            })
             .collect();
         if lat.len() < n {
             bail!("only {} of {n} arrivals matched", lat.len());
         }
         lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        let mut ack: Vec<f64> = sent.iter().map(|s| s.reply.duration_since(s.dot).as_secs_f64() * 1000.0).collect();
+        let mut ack: Vec<f64> = sent
+            .iter()
+            .map(|s| s.reply.duration_since(s.dot).as_secs_f64() * 1000.0)
+            .collect();
         ack.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        Ok((percentile(&lat, 50.0), percentile(&lat, 99.0), percentile(&ack, 99.0), n as f64 / elapsed))
+        Ok((
+            percentile(&lat, 50.0),
+            percentile(&lat, 99.0),
+            percentile(&ack, 99.0),
+            n as f64 / elapsed,
+        ))
     }
 
     fn latency(&mut self, c: &Target, p: Option<&Target>, max: (Option<f64>, Option<f64>)) {
         let measure = |b: &Bench, t: &Target, m: Option<f64>| -> Result<(f64, f64, f64, f64)> {
             let m = match m {
                 Some(m) => m,
-                None => b.throughput(t, Shape { size: 1024, sessions: 20, reuse: true }, b.o.messages, true)?,
+                None => b.throughput(
+                    t,
+                    Shape {
+                        size: 1024,
+                        sessions: 20,
+                        reuse: true,
+                    },
+                    b.o.messages,
+                    true,
+                )?,
             };
             let mut runs = Vec::new();
             for _ in 0..b.o.runs {
@@ -637,7 +824,12 @@ impl Bench {
             let mut p99: Vec<f64> = runs.iter().map(|r| r.1).collect();
             let mut ack: Vec<f64> = runs.iter().map(|r| r.2).collect();
             let mut rate: Vec<f64> = runs.iter().map(|r| r.3).collect();
-            Ok((median(&mut p50), median(&mut p99), median(&mut ack), median(&mut rate)))
+            Ok((
+                median(&mut p50),
+                median(&mut p99),
+                median(&mut ack),
+                median(&mut rate),
+            ))
         };
         let cr = measure(self, c, max.0);
         let pr = p.map(|t| measure(self, t, max.1));
@@ -655,9 +847,16 @@ impl Bench {
         ];
         for (i, name) in names.iter().enumerate() {
             let cv = cr.as_ref().ok().map(|v| [v.0, v.1, v.2][i]);
-            let pv = pr.as_ref().and_then(|r| r.as_ref().ok()).map(|v| [v.0, v.1, v.2][i]);
-            let pf = pr.as_ref().map(|r| show(r, i)).unwrap_or_else(|| "skipped".into());
-            self.report.row("latency", name, show(&cr, i), pf, ratio(cv, pv));
+            let pv = pr
+                .as_ref()
+                .and_then(|r| r.as_ref().ok())
+                .map(|v| [v.0, v.1, v.2][i]);
+            let pf = pr
+                .as_ref()
+                .map(|r| show(r, i))
+                .unwrap_or_else(|| "skipped".into());
+            self.report
+                .row("latency", name, show(&cr, i), pf, ratio(cv, pv));
         }
     }
 
@@ -665,7 +864,11 @@ impl Bench {
         let n = self.o.idle_sessions;
         let before = stack.rss_kb("mta");
         let result = self.rt.block_on(async {
-            let sessions = tokio::time::timeout(Duration::from_secs(180), load::idle_sessions(stack.addr(stack::SMTP_PORT), n, 10)).await??;
+            let sessions = tokio::time::timeout(
+                Duration::from_secs(180),
+                load::idle_sessions(stack.addr(stack::SMTP_PORT), n, 10),
+            )
+            .await??;
             tokio::time::sleep(Duration::from_secs(1)).await;
             let rss = stack.rss_kb("mta");
             drop(sessions);
@@ -674,7 +877,11 @@ impl Bench {
         match result {
             Ok(rss) => {
                 let per = match (rss, before) {
-                    (Some(a), Some(b)) => format!(" ({:.1} KB/session over {})", (a.saturating_sub(b)) as f64 / n as f64, mb(before)),
+                    (Some(a), Some(b)) => format!(
+                        " ({:.1} KB/session over {})",
+                        (a.saturating_sub(b)) as f64 / n as f64,
+                        mb(before)
+                    ),
                     _ => String::new(),
                 };
                 self.report.row(
@@ -685,7 +892,13 @@ impl Bench {
                     "—".into(),
                 );
             }
-            Err(e) => self.report.row("idle", &format!("MTA RSS with {n} idle SMTP sessions"), format!("not measured: {}", one_line(&e)), "—".into(), "—".into()),
+            Err(e) => self.report.row(
+                "idle",
+                &format!("MTA RSS with {n} idle SMTP sessions"),
+                format!("not measured: {}", one_line(&e)),
+                "—".into(),
+                "—".into(),
+            ),
         }
     }
 
@@ -707,10 +920,21 @@ impl Bench {
             new_dir: stack.maildir_new(),
         };
         self.warm_up(&c)?;
-        let base: Vec<Option<u64>> = ["msa", "mta", "mda"].iter().map(|r| stack.hwm_kb(r)).collect();
+        let base: Vec<Option<u64>> = ["msa", "mta", "mda"]
+            .iter()
+            .map(|r| stack.hwm_kb(r))
+            .collect();
         // Submission path: MSA → MTA → MDA.
         let connector = load::connector(&stack.path("certs/ca.pem"))?;
-        let mut spec = self.spec(stack.addr(stack::SUBMISSION_PORT), Shape { size, sessions: 1, reuse: false }, 1);
+        let mut spec = self.spec(
+            stack.addr(stack::SUBMISSION_PORT),
+            Shape {
+                size,
+                sessions: 1,
+                reuse: false,
+            },
+            1,
+        );
         spec.security = load::Security::StartTlsAuth {
             connector,
             server_name: "msa".into(),
@@ -720,7 +944,8 @@ impl Bench {
         spec.from = stack::USER.into();
         let start = Instant::now();
         let sub = self.rt.block_on(load::run(spec)).and_then(|_| {
-            maildir::wait_count(&c.new_dir, 1, Duration::from_secs(300)).context("not delivered within 300 s")
+            maildir::wait_count(&c.new_dir, 1, Duration::from_secs(300))
+                .context("not delivered within 300 s")
         });
         let sub_time = sub.map(|at| at.duration_since(start).as_secs_f64());
         self.report.row(
@@ -736,20 +961,38 @@ impl Bench {
         for (i, role) in ["msa", "mta", "mda"].iter().enumerate() {
             let hwm = stack.hwm_kb(role);
             let grew = match (hwm, base[i]) {
-                (Some(a), Some(b)) => format!(" (+{:.1} MB = {:.2}× the message)", (a.saturating_sub(b)) as f64 / 1024.0, (a.saturating_sub(b)) as f64 * 1024.0 / size as f64),
+                (Some(a), Some(b)) => format!(
+                    " (+{:.1} MB = {:.2}× the message)",
+                    (a.saturating_sub(b)) as f64 / 1024.0,
+                    (a.saturating_sub(b)) as f64 * 1024.0 / size as f64
+                ),
                 _ => String::new(),
             };
-            self.report.row("large", &format!("peak RSS of {role} ({label} message)"), format!("{}{grew}", mb(hwm)), "—".into(), "—".into());
+            self.report.row(
+                "large",
+                &format!("peak RSS of {role} ({label} message)"),
+                format!("{}{grew}", mb(hwm)),
+                "—".into(),
+                "—".into(),
+            );
         }
         // Inbound path, side by side (built-in client: smtp-source has no 25 MB mode worth trusting).
-        let shape = Shape { size, sessions: 1, reuse: false };
+        let shape = Shape {
+            size,
+            sessions: 1,
+            reuse: false,
+        };
         let mut times = Vec::new();
         for t in std::iter::once(&c).chain(p) {
             maildir::clear(&t.new_dir);
             let start = Instant::now();
-            let r = self.rt.block_on(load::run(self.spec(t.addr, shape, 1))).and_then(|_| {
-                maildir::wait_count(&t.new_dir, 1, Duration::from_secs(300)).context("not delivered within 300 s")
-            });
+            let r = self
+                .rt
+                .block_on(load::run(self.spec(t.addr, shape, 1)))
+                .and_then(|_| {
+                    maildir::wait_count(&t.new_dir, 1, Duration::from_secs(300))
+                        .context("not delivered within 300 s")
+                });
             times.push(r.map(|at| at.duration_since(start).as_secs_f64()));
         }
         let show = |r: &Result<f64>| match r {
@@ -757,9 +1000,24 @@ impl Bench {
             Err(e) => format!("not measured: {}", one_line(e)),
         };
         let pf = times.get(1).map(show).unwrap_or_else(|| "skipped".into());
-        let (cv, pv) = (times[0].as_ref().ok().copied(), times.get(1).and_then(|r| r.as_ref().ok().copied()));
-        self.report.row("large", &format!("{label} inbound port 25 → file in new/"), show(&times[0]), pf, ratio(cv, pv));
-        self.report.row("large", &format!("peak RSS of mta after inbound {label}"), mb(stack.hwm_kb("mta")), "—".into(), "—".into());
+        let (cv, pv) = (
+            times[0].as_ref().ok().copied(),
+            times.get(1).and_then(|r| r.as_ref().ok().copied()),
+        );
+        self.report.row(
+            "large",
+            &format!("{label} inbound port 25 → file in new/"),
+            show(&times[0]),
+            pf,
+            ratio(cv, pv),
+        );
+        self.report.row(
+            "large",
+            &format!("peak RSS of mta after inbound {label}"),
+            mb(stack.hwm_kb("mta")),
+            "—".into(),
+            "—".into(),
+        );
         Ok(())
     }
 
@@ -784,7 +1042,11 @@ impl Bench {
             new_dir: stack.maildir_new(),
         };
         self.warm_up(&c)?;
-        let shape = Shape { size: 1024, sessions: 20, reuse: false };
+        let shape = Shape {
+            size: 1024,
+            sessions: 20,
+            reuse: false,
+        };
         let n = (self.o.messages / 4).max(20);
         let measure = |bench: &Bench| -> Result<f64> {
             let mut v = Vec::new();
@@ -804,7 +1066,15 @@ impl Bench {
         let limit = Duration::from_secs(if self.o.quick { 15 } else { 900 });
         let t = Instant::now();
         let deferred = loop {
-            let d = stack.process("mta").map(|p| p.log_text().lines().filter(|l| l.contains("deferred")).count()).unwrap_or(0);
+            let d = stack
+                .process("mta")
+                .map(|p| {
+                    p.log_text()
+                        .lines()
+                        .filter(|l| l.contains("deferred"))
+                        .count()
+                })
+                .unwrap_or(0);
             if d >= b || t.elapsed() > limit {
                 break d;
             }
@@ -822,7 +1092,9 @@ impl Bench {
                 let (delivered, secs) = self.deliveries(&c, shape, n, false, timeout)?;
                 if delivered < n {
                     self.report.notes.push(format!("backlog: only {delivered} of {n} fresh messages arrived within {timeout:?}; rate = arrived / elapsed"));
-                    println!("  note: backlog: only {delivered} of {n} fresh messages arrived within {timeout:?}");
+                    println!(
+                        "  note: backlog: only {delivered} of {n} fresh messages arrived within {timeout:?}"
+                    );
                 }
                 v.push(delivered as f64 / secs);
                 if delivered < n {
@@ -834,7 +1106,13 @@ impl Bench {
         let label = format!("{} (N={n})", shape.label());
         let cw = without.as_ref().ok().copied();
         let cb = with.as_ref().ok().copied();
-        self.report.row("backlog", &format!("fresh local mail, no backlog, {label}"), fmt_rate(&without), "—".into(), "—".into());
+        self.report.row(
+            "backlog",
+            &format!("fresh local mail, no backlog, {label}"),
+            fmt_rate(&without),
+            "—".into(),
+            "—".into(),
+        );
         self.report.row(
             "backlog",
             &format!("same with {b} deferred to a dead MX"),
@@ -853,9 +1131,15 @@ impl Bench {
 pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|t| t.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!("{cpu}, {cores} cores, Linux {}", kernel.trim())
 }

@@ -65,10 +65,12 @@ pub fn connector(ca_pem: &std::path::Path) -> Result<TlsConnector> {
     for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
         roots.add(cert?)?;
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
@@ -129,7 +131,9 @@ impl Session {
     }
 
     async fn open(spec: &LoadSpec) -> Result<Session> {
-        let tcp = TcpStream::connect(spec.addr).await.with_context(|| format!("connect {}", spec.addr))?;
+        let tcp = TcpStream::connect(spec.addr)
+            .await
+            .with_context(|| format!("connect {}", spec.addr))?;
         tcp.set_nodelay(true)?;
         let mut s = Session {
             reader: BufReader::new(Box::new(tcp) as Box<dyn Io>),
@@ -150,12 +154,16 @@ impl Session {
             // Nothing is buffered: the server waits for our handshake.
             let raw: Box<dyn Io> = s.reader.into_inner();
             let name = ServerName::try_from(server_name.clone())?;
-            let tls = connector.connect(name, raw).await.context("TLS handshake")?;
+            let tls = connector
+                .connect(name, raw)
+                .await
+                .context("TLS handshake")?;
             s = Session {
                 reader: BufReader::new(Box::new(tls) as Box<dyn Io>),
             };
             s.cmd("EHLO client.bench.test", 250).await?;
-            let token = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+            let token =
+                base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
             s.cmd(&format!("AUTH PLAIN {token}"), 235).await?;
         }
         Ok(s)
@@ -183,7 +191,11 @@ impl Session {
     }
 }
 
-async fn session_loop(spec: Arc<LoadSpec>, next: Arc<AtomicU64>, start: tokio::time::Instant) -> Result<Vec<Sent>> {
+async fn session_loop(
+    spec: Arc<LoadSpec>,
+    next: Arc<AtomicU64>,
+    start: tokio::time::Instant,
+) -> Result<Vec<Sent>> {
     let mut out = Vec::new();
     let mut session: Option<Session> = None;
     loop {
@@ -198,7 +210,11 @@ async fn session_loop(spec: Arc<LoadSpec>, next: Arc<AtomicU64>, start: tokio::t
             session = Some(Session::open(&spec).await?);
         }
         let s = session.as_mut().unwrap();
-        out.push(s.transaction(&spec, seq).await.with_context(|| format!("message {seq}"))?);
+        out.push(
+            s.transaction(&spec, seq)
+                .await
+                .with_context(|| format!("message {seq}"))?,
+        );
         if !spec.reuse {
             let mut s = session.take().unwrap();
             let _ = s.cmd("QUIT", 221).await;
@@ -217,7 +233,11 @@ pub async fn run(spec: LoadSpec) -> Result<Vec<Sent>> {
     let start = tokio::time::Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..spec.sessions.max(1) {
-        tasks.push(tokio::spawn(session_loop(spec.clone(), next.clone(), start)));
+        tasks.push(tokio::spawn(session_loop(
+            spec.clone(),
+            next.clone(),
+            start,
+        )));
     }
     let all = async {
         let mut sent = Vec::new();
@@ -235,7 +255,11 @@ pub async fn run(spec: LoadSpec) -> Result<Vec<Sent>> {
 /// stay idle; returns them (dropping closes them). Connections are spread
 /// over many local source addresses, `per_source` per address, so a
 /// per-client connection limit is respected and no source runs out of ports.
-pub async fn idle_sessions(addr: SocketAddr, n: usize, per_source: usize) -> Result<Vec<BufReader<TcpStream>>> {
+pub async fn idle_sessions(
+    addr: SocketAddr,
+    n: usize,
+    per_source: usize,
+) -> Result<Vec<BufReader<TcpStream>>> {
     let sem = Arc::new(tokio::sync::Semaphore::new(256));
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
@@ -246,7 +270,10 @@ pub async fn idle_sessions(addr: SocketAddr, n: usize, per_source: usize) -> Res
             let k = i / per_source.max(1);
             let src = std::net::Ipv4Addr::new(127, 1, (k / 250) as u8, 1 + (k % 250) as u8);
             socket.bind(SocketAddr::from((src, 0)))?;
-            let tcp = socket.connect(addr).await.with_context(|| format!("connect #{i}"))?;
+            let tcp = socket
+                .connect(addr)
+                .await
+                .with_context(|| format!("connect #{i}"))?;
             let mut r = BufReader::new(tcp);
             let mut line = String::new();
             read_raw_reply(&mut r, &mut line).await?;

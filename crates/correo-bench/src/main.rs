@@ -59,7 +59,11 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let bin_dir = cli.bin_dir.unwrap_or_else(correo_bench::default_bin_dir);
-    let mut o = if cli.quick { Options::quick(bin_dir) } else { Options::full(bin_dir) };
+    let mut o = if cli.quick {
+        Options::quick(bin_dir)
+    } else {
+        Options::full(bin_dir)
+    };
     if let Some(v) = cli.runs {
         o.runs = v.max(1);
     }

@@ -14,8 +14,14 @@ pub struct Process {
 }
 
 impl Process {
-    pub fn spawn(name: &str, mut command: Command, log: PathBuf, log_level: &str) -> Result<Process> {
-        let out = std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
+    pub fn spawn(
+        name: &str,
+        mut command: Command,
+        log: PathBuf,
+        log_level: &str,
+    ) -> Result<Process> {
+        let out =
+            std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
         let child = command
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -85,8 +91,15 @@ pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> Result<()> {
 
 /// Runs a command to completion, failing with its output.
 pub fn run_checked(mut command: Command, what: &str) -> Result<String> {
-    let out = command.stdin(Stdio::null()).output().with_context(|| format!("run {what}"))?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = command
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("run {what}"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     if !out.status.success() {
         bail!("{what} failed ({}): {text}", out.status);
     }

@@ -25,7 +25,12 @@ pub const MAILBOX_PORT: u16 = 7143;
 pub fn fresh_loopback_ip() -> Ipv4Addr {
     loop {
         let mut rng = rand::thread_rng();
-        let ip = Ipv4Addr::new(127, rng.gen_range(10..250), rng.r#gen(), rng.gen_range(2..250));
+        let ip = Ipv4Addr::new(
+            127,
+            rng.gen_range(10..250),
+            rng.r#gen(),
+            rng.gen_range(2..250),
+        );
         if std::net::TcpListener::bind((ip, 25)).is_ok() {
             return ip;
         }
@@ -60,7 +65,11 @@ impl Stack {
     pub fn start(bin_dir: &Path, options: &StackOptions) -> Result<Stack> {
         let ip = fresh_loopback_ip();
         let dir = tempfile::Builder::new().prefix("correo-bench-").tempdir()?;
-        let log_level = if options.log_level.is_empty() { "info".to_string() } else { options.log_level.clone() };
+        let log_level = if options.log_level.is_empty() {
+            "info".to_string()
+        } else {
+            options.log_level.clone()
+        };
         let mut stack = Stack {
             ip,
             dir,
@@ -109,7 +118,8 @@ impl Stack {
         for (origin, text) in zones {
             let path = self.path(&format!("{origin}.zone"));
             std::fs::write(&path, text)?;
-            cmd.arg("--zone").arg(format!("{origin}={}", path.display()));
+            cmd.arg("--zone")
+                .arg(format!("{origin}={}", path.display()));
         }
         let p = Process::spawn("dns", cmd, self.path("dns.log"), &self.log_level)?;
         wait_for_port(addr, Duration::from_secs(10))?;
@@ -122,7 +132,11 @@ impl Stack {
         let ip = self.ip.to_string();
         correo_runtime::pki::ensure_ca(&certs)?;
         for role in ["mda", "mta", "msa"] {
-            correo_runtime::pki::ensure_leaf(&certs, role, &[role, "localhost", "mx.bench.test", &ip])?;
+            correo_runtime::pki::ensure_leaf(
+                &certs,
+                role,
+                &[role, "localhost", "mx.bench.test", &ip],
+            )?;
         }
         let tls = |role: &str| {
             format!(
@@ -139,7 +153,11 @@ impl Stack {
                 tls = tls("mda"),
             ),
         )?;
-        let nameservers = self.dns.as_ref().map(|(a, _)| format!("\"{a}\"")).unwrap_or_default();
+        let nameservers = self
+            .dns
+            .as_ref()
+            .map(|(a, _)| format!("\"{a}\""))
+            .unwrap_or_default();
         std::fs::write(
             self.path("mta.toml"),
             format!(
@@ -183,10 +201,17 @@ impl Stack {
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("spawn {}", self.bin("mda").display()))?;
-        child.stdin.take().unwrap().write_all(format!("{PASSWORD}\n").as_bytes())?;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{PASSWORD}\n").as_bytes())?;
         let out = child.wait_with_output()?;
         if !out.status.success() {
-            bail!("mda user add {USER}: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "mda user add {USER}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(())
     }
@@ -198,7 +223,8 @@ impl Stack {
         cmd.arg("--config").arg(self.path(&format!("{role}.toml")));
         let n = std::fs::read_dir(self.dir.path())?.count();
         let log = self.path(&format!("{role}.{n}.log"));
-        self.processes.push(Process::spawn(role, cmd, log, &self.log_level)?);
+        self.processes
+            .push(Process::spawn(role, cmd, log, &self.log_level)?);
         for port in ports {
             if let Err(e) = wait_for_port(self.addr(*port), Duration::from_secs(60)) {
                 let tail = self.process(role).map(|p| p.log_text()).unwrap_or_default();

@@ -12,14 +12,18 @@ fn build_binaries() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "--manifest-path"]).arg(&manifest);
+    cmd.args(["build", "--quiet", "--manifest-path"])
+        .arg(&manifest);
     for package in ["msa", "mta", "mda", "correo-dns"] {
         cmd.args(["-p", package]);
     }
     if default_bin_dir().ends_with("release") {
         cmd.arg("--release");
     }
-    assert!(cmd.status().expect("run cargo build").success(), "building the role binaries failed");
+    assert!(
+        cmd.status().expect("run cargo build").success(),
+        "building the role binaries failed"
+    );
 }
 
 #[test]
@@ -32,17 +36,33 @@ fn quick_benchmark_runs_end_to_end() {
     o.large_bytes = 1_000_000;
     o.postfix = std::env::var("CORREO_BENCH_SMOKE_POSTFIX").is_ok_and(|v| v == "1");
     if !o.postfix {
-        println!("Postfix peer skipped in the smoke test (set CORREO_BENCH_SMOKE_POSTFIX=1 to include it)");
+        println!(
+            "Postfix peer skipped in the smoke test (set CORREO_BENCH_SMOKE_POSTFIX=1 to include it)"
+        );
     }
     let report = correo_bench::run(o).expect("harness run");
     println!("{}", report.markdown());
-    let inbound: Vec<_> = report.rows.iter().filter(|r| r.section == "inbound").collect();
+    let inbound: Vec<_> = report
+        .rows
+        .iter()
+        .filter(|r| r.section == "inbound")
+        .collect();
     assert_eq!(inbound.len(), 8, "every inbound shape reported");
     assert!(
         inbound.iter().all(|r| r.correo.ends_with("/s")),
         "an inbound figure was not measured: {inbound:#?}"
     );
-    for section in ["submission", "latency", "memory", "idle", "large", "backlog"] {
-        assert!(report.rows.iter().any(|r| r.section == section), "{section} missing from the report");
+    for section in [
+        "submission",
+        "latency",
+        "memory",
+        "idle",
+        "large",
+        "backlog",
+    ] {
+        assert!(
+            report.rows.iter().any(|r| r.section == section),
+            "{section} missing from the report"
+        );
     }
 }
