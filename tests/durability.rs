@@ -188,17 +188,21 @@ fn mda_down_keeps_mail_queued_and_every_queue_command_works() {
 fn sigterm_under_load_leaves_no_half_written_state() {
     let mut org = Org::start(OrgOptions::new("example.test")).unwrap();
     let submitter = org.submitter("alice", "bob@example.test");
+    let started = std::time::Instant::now();
     let load = std::thread::spawn(move || run_load(&submitter, 4, 300, "term", 200));
     std::thread::sleep(Duration::from_millis(1500));
     assert!(org.terminate("mta", Duration::from_secs(60)).unwrap(), "MTA exit status after SIGTERM");
+    println!("sigterm: MTA stopped at {:.1}s", started.elapsed().as_secs_f64());
     let tmp = std::fs::read_dir(org.path("mta/spool/tmp")).unwrap().count();
     assert_eq!(tmp, 0, "half-written spool files left in tmp/");
     std::thread::sleep(Duration::from_millis(500));
     org.start_role("mta", &[MTA_GRPC_PORT, SMTP_PORT]).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     assert!(org.terminate("mda", Duration::from_secs(60)).unwrap(), "MDA exit status after SIGTERM");
+    println!("sigterm: MDA stopped at {:.1}s", started.elapsed().as_secs_f64());
     org.start_role("mda", &[MDA_GRPC_PORT, MAILBOX_PORT]).unwrap();
     let result = load.join().unwrap();
+    println!("sigterm: load done at {:.1}s", started.elapsed().as_secs_f64());
     let maildir = org.path("mda/mail/example.test/bob/Maildir/new");
     wait_until(Duration::from_secs(120), || {
         let d = tokens_in_maildir(&maildir);
@@ -207,7 +211,8 @@ fn sigterm_under_load_leaves_no_half_written_state() {
     let delivered = tokens_in_maildir(&maildir);
     let (lost, duplicated) = lost_and_duplicated(&result.accepted, &delivered);
     println!(
-        "sigterm: accepted={} lost={} duplicated={duplicated} refused={} broken={}",
+        "sigterm: drained at {:.1}s accepted={} lost={} duplicated={duplicated} refused={} broken={}",
+        started.elapsed().as_secs_f64(),
         result.accepted.len(),
         lost.len(),
         result.refused,

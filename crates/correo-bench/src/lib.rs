@@ -404,27 +404,27 @@ impl Bench {
             }
             self.check_alive(&mut stack);
         }
-        if o.wants("large") {
-            if let Err(e) = self.large(pf_target.as_ref()) {
-                self.report.row(
-                    "large",
-                    "25 MB message",
-                    format!("not measured: {}", one_line(&e)),
-                    "—".into(),
-                    "—".into(),
-                );
-            }
+        if o.wants("large")
+            && let Err(e) = self.large(pf_target.as_ref())
+        {
+            self.report.row(
+                "large",
+                "25 MB message",
+                format!("not measured: {}", one_line(&e)),
+                "—".into(),
+                "—".into(),
+            );
         }
-        if o.wants("backlog") {
-            if let Err(e) = self.backlog() {
-                self.report.row(
-                    "backlog",
-                    "fresh mail with a dead-destination backlog",
-                    format!("not measured: {}", one_line(&e)),
-                    "—".into(),
-                    "—".into(),
-                );
-            }
+        if o.wants("backlog")
+            && let Err(e) = self.backlog()
+        {
+            self.report.row(
+                "backlog",
+                "fresh mail with a dead-destination backlog",
+                format!("not measured: {}", one_line(&e)),
+                "—".into(),
+                "—".into(),
+            );
         }
         drop(postfix);
         Ok(())

@@ -101,11 +101,11 @@ fn main() -> ExitCode {
     match correo_bench::run(o) {
         Ok(report) => {
             println!("\n{}", report.markdown());
-            if let Some(out) = cli.out {
-                if let Err(e) = correo_bench::write_markdown(&report, &out) {
-                    eprintln!("write {}: {e}", out.display());
-                    return ExitCode::FAILURE;
-                }
+            if let Some(out) = cli.out
+                && let Err(e) = correo_bench::write_markdown(&report, &out)
+            {
+                eprintln!("write {}: {e}", out.display());
+                return ExitCode::FAILURE;
             }
             ExitCode::SUCCESS
         }

@@ -52,12 +52,14 @@ pub struct StackOptions {
     pub log_level: String,
 }
 
+/// Fields drop in order: the processes are killed before the directory
+/// they write into is removed.
 pub struct Stack {
+    pub processes: Vec<Process>,
+    pub dns: Option<(SocketAddr, Process)>,
     pub ip: Ipv4Addr,
     pub dir: tempfile::TempDir,
     pub bin_dir: PathBuf,
-    pub processes: Vec<Process>,
-    pub dns: Option<(SocketAddr, Process)>,
     log_level: String,
 }
 

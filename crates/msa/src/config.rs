@@ -496,6 +496,25 @@ server_name = "mta"
             }]
         );
         assert_eq!(c.mta.refresh_interval, Duration::from_secs(5));
+        // Security defaults.
+        assert_eq!(c.submission.command_timeout, Duration::from_secs(300));
+        assert_eq!(c.submission.greeting_delay, Duration::ZERO);
+        assert_eq!(c.submission.max_errors, 10);
+        assert_eq!(
+            (
+                c.submission.max_connections,
+                c.submission.max_connections_per_client
+            ),
+            (500, 20)
+        );
+        assert_eq!(c.login_throttle.window, Duration::from_secs(300));
+        assert_eq!(
+            (
+                c.login_throttle.max_failures_per_client,
+                c.login_throttle.max_failures_per_account
+            ),
+            (10, 5)
+        );
     }
 
     #[test]
@@ -537,6 +556,22 @@ server_name = "mta"
             (
                 &[("CORREO_MSA__MTA__REFRESH_INTERVAL", "0s")],
                 "mta.refresh_interval",
+            ),
+            (
+                &[("CORREO_MSA__SUBMISSION__COMMAND_TIMEOUT", "0s")],
+                "submission.command_timeout",
+            ),
+            (
+                &[("CORREO_MSA__SUBMISSION__GREETING_DELAY", "10m")],
+                "submission.greeting_delay",
+            ),
+            (
+                &[("CORREO_MSA__SUBMISSION__MAX_ERRORS", "0")],
+                "submission.max_errors",
+            ),
+            (
+                &[("CORREO_MSA__LOGIN_THROTTLE__WINDOW", "0s")],
+                "login_throttle.window",
             ),
         ];
         for (env, key) in cases {

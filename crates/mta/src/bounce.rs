@@ -162,7 +162,9 @@ pub fn build(report: &Report<'_>) -> Vec<u8> {
         out.push_str(s);
         out.push_str("\r\n");
     };
-    line(&format!("From: Mail Delivery System <MAILER-DAEMON@{host}>"));
+    line(&format!(
+        "From: Mail Delivery System <MAILER-DAEMON@{host}>"
+    ));
     line(&format!("To: <{sender}>"));
     line(&format!("Subject: {subject}"));
     line(&format!("Date: {}", date(report.now)));
@@ -220,11 +222,17 @@ pub fn build(report: &Report<'_>) -> Vec<u8> {
     line(&format!("Arrival-Date: {}", date(m.received_at)));
     for r in report.recipients {
         line("");
-        line(&format!("Final-Recipient: rfc822; {}", one_line(&r.address, 512)));
+        line(&format!(
+            "Final-Recipient: rfc822; {}",
+            one_line(&r.address, 512)
+        ));
         line(&format!("Action: {action}"));
         line(&format!("Status: {}", status_of(&r.reply, report.kind)));
         if !r.reply.is_empty() {
-            line(&format!("Diagnostic-Code: smtp; {}", one_line(&r.reply, 900)));
+            line(&format!(
+                "Diagnostic-Code: smtp; {}",
+                one_line(&r.reply, 900)
+            ));
         }
         line(&format!("Last-Attempt-Date: {}", date(report.now)));
         if let Some(until) = report.retry_until {
@@ -323,7 +331,9 @@ mod tests {
         assert!(report.contains("\r\n\r\nReporting-MTA: dns; mx.example.test\r\n"));
         assert!(report.contains("Arrival-Date: "));
         assert!(report.contains("\r\n\r\nFinal-Recipient: rfc822; nobody@another.test\r\nAction: failed\r\nStatus: 5.1.1\r\n"));
-        assert!(report.contains("Final-Recipient: rfc822; x@gone.test\r\nAction: failed\r\nStatus: 5.1.10\r\n"));
+        assert!(report.contains(
+            "Final-Recipient: rfc822; x@gone.test\r\nAction: failed\r\nStatus: 5.1.10\r\n"
+        ));
         // A reply cannot inject fields: it stays on one line.
         assert!(report.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user Injected: header"));
         assert!(!report.contains("\r\nInjected:"));
@@ -361,11 +371,17 @@ mod tests {
         assert_eq!(status_of("550 unknown user", Kind::Failed), "5.0.0");
         assert_eq!(status_of("554 4.1.1 wrong class", Kind::Failed), "5.0.0");
         assert_eq!(
-            status_of("451 4.4.1 x (gave up: queue lifetime exceeded)", Kind::Failed),
+            status_of(
+                "451 4.4.1 x (gave up: queue lifetime exceeded)",
+                Kind::Failed
+            ),
             "4.4.1"
         );
         assert_eq!(status_of("", Kind::Delayed), "4.0.0");
-        assert_eq!(header_section(b"A: 1\r\nB: 2\r\n\r\nbody"), b"A: 1\r\nB: 2\r\n");
+        assert_eq!(
+            header_section(b"A: 1\r\nB: 2\r\n\r\nbody"),
+            b"A: 1\r\nB: 2\r\n"
+        );
         assert_eq!(header_section(b"A: 1\r\n"), b"A: 1\r\n");
         assert_eq!(header_section(b"\r\nbody"), b"");
         assert!(!should_report(&entry("")));

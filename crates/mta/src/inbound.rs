@@ -297,13 +297,21 @@ mod tests {
         // The spool write fails (its tmp directory is gone): 451 4.3.0, nothing queued.
         std::fs::remove_dir_all(dir.path().join("spool/tmp")).unwrap();
         let mut env = envelope();
-        env.recipients.push(Address::parse("alice@example.test").unwrap());
-        let reply = h.data(&info(), &env, b"Subject: x\r\n\r\ny\r\n".to_vec()).await;
-        assert_eq!((reply.code, reply.enhanced.as_deref()), (451, Some("4.3.0")));
+        env.recipients
+            .push(Address::parse("alice@example.test").unwrap());
+        let reply = h
+            .data(&info(), &env, b"Subject: x\r\n\r\ny\r\n".to_vec())
+            .await;
+        assert_eq!(
+            (reply.code, reply.enhanced.as_deref()),
+            (451, Some("4.3.0"))
+        );
         assert!(queue.list().unwrap().is_empty());
         // Once the disk is back, mail is accepted again.
         std::fs::create_dir_all(dir.path().join("spool/tmp")).unwrap();
-        let reply = h.data(&info(), &env, b"Subject: x\r\n\r\ny\r\n".to_vec()).await;
+        let reply = h
+            .data(&info(), &env, b"Subject: x\r\n\r\ny\r\n".to_vec())
+            .await;
         assert_eq!(reply.code, 250, "{reply}");
     }
 }

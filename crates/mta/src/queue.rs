@@ -452,7 +452,10 @@ impl Queue {
         let mut failed = Vec::new();
         let mut deferred = Vec::new();
         for r in entry.recipients.iter_mut().filter(|r| {
-            !r.status.is_final() && recipients.iter().any(|x| x.eq_ignore_ascii_case(&r.address))
+            !r.status.is_final()
+                && recipients
+                    .iter()
+                    .any(|x| x.eq_ignore_ascii_case(&r.address))
         }) {
             changed += 1;
             if expired {
@@ -976,9 +979,18 @@ mod tests {
         q.record(
             &id,
             &[
-                ("x@a.test".into(), Outcome::Failed("550 5.1.1 no such user".into())),
-                ("y@a.test".into(), Outcome::Failed("552 5.2.2 mailbox full".into())),
-                ("z@a.test".into(), Outcome::Deferred("451 4.2.0 later".into())),
+                (
+                    "x@a.test".into(),
+                    Outcome::Failed("550 5.1.1 no such user".into()),
+                ),
+                (
+                    "y@a.test".into(),
+                    Outcome::Failed("552 5.2.2 mailbox full".into()),
+                ),
+                (
+                    "z@a.test".into(),
+                    Outcome::Deferred("451 4.2.0 later".into()),
+                ),
             ],
             1100,
         )
@@ -987,8 +999,12 @@ mod tests {
         assert_eq!(d.len(), 1, "one DSN for the batch");
         assert_eq!(d[0].1, vec!["alice@example.test"]);
         let text = &d[0].2;
-        assert!(text.contains("Final-Recipient: rfc822; x@a.test\r\nAction: failed\r\nStatus: 5.1.1"));
-        assert!(text.contains("Final-Recipient: rfc822; y@a.test\r\nAction: failed\r\nStatus: 5.2.2"));
+        assert!(
+            text.contains("Final-Recipient: rfc822; x@a.test\r\nAction: failed\r\nStatus: 5.1.1")
+        );
+        assert!(
+            text.contains("Final-Recipient: rfc822; y@a.test\r\nAction: failed\r\nStatus: 5.2.2")
+        );
         assert!(!text.contains("z@a.test"));
         assert!(text.contains("Subject: original"));
         assert!(!text.contains("secret body"));
@@ -1006,7 +1022,10 @@ mod tests {
         let dsn = QueueId::parse(&dsns(&q)[0].0).unwrap();
         q.record(
             &dsn,
-            &[("alice@example.test".into(), Outcome::Failed("550 5.1.1 gone".into()))],
+            &[(
+                "alice@example.test".into(),
+                Outcome::Failed("550 5.1.1 gone".into()),
+            )],
             1200,
         )
         .unwrap();
@@ -1019,7 +1038,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (q, _) = Queue::open(dir.path(), policy()).unwrap();
         let a = q
-            .enqueue(envelope_from("s@remote.test", &["x@a.test", "y@b.test"]), b"S: 1\r\n\r\nm\r\n".to_vec())
+            .enqueue(
+                envelope_from("s@remote.test", &["x@a.test", "y@b.test"]),
+                b"S: 1\r\n\r\nm\r\n".to_vec(),
+            )
             .await
             .unwrap();
         assert_eq!(q.bounce(a.as_str()).unwrap(), Some(2));
@@ -1028,14 +1050,33 @@ mod tests {
         assert!(d[0].2.contains("bounced by the queue administrator"));
         assert_eq!(d[0].2.matches("Action: failed").count(), 2);
         // Expiry (received at 1000, lifetime 3600).
-        let b = q.enqueue(envelope_from("s@remote.test", &["x@a.test"]), b"m\r\n".to_vec()).await.unwrap();
-        q.record(&b, &[("x@a.test".into(), Outcome::Deferred("451 4.4.1 refused".into()))], 5000)
+        let b = q
+            .enqueue(
+                envelope_from("s@remote.test", &["x@a.test"]),
+                b"m\r\n".to_vec(),
+            )
+            .await
             .unwrap();
+        q.record(
+            &b,
+            &[(
+                "x@a.test".into(),
+                Outcome::Deferred("451 4.4.1 refused".into()),
+            )],
+            5000,
+        )
+        .unwrap();
         let d = dsns(&q);
         assert_eq!(d.len(), 2);
-        assert!(d.iter().any(|(_, _, t)| t.contains("gave up: queue lifetime exceeded")));
+        assert!(
+            d.iter()
+                .any(|(_, _, t)| t.contains("gave up: queue lifetime exceeded"))
+        );
         // Never a DSN about a DSN.
-        let c = q.enqueue(envelope_from("", &["x@a.test"]), b"m\r\n".to_vec()).await.unwrap();
+        let c = q
+            .enqueue(envelope_from("", &["x@a.test"]), b"m\r\n".to_vec())
+            .await
+            .unwrap();
         q.bounce(c.as_str()).unwrap();
         assert_eq!(dsns(&q).len(), 2);
     }
@@ -1050,17 +1091,26 @@ mod tests {
             delay_warning: Duration::from_secs(3600),
         });
         let (q, _) = Queue::open(dir.path(), policy).unwrap();
-        let id = q.enqueue(envelope(&["x@a.test"]), b"m\r\n".to_vec()).await.unwrap();
-        let later = ("x@a.test".to_string(), Outcome::Deferred("451 4.4.1 refused".into()));
-        q.record(&id, std::slice::from_ref(&later), 1000 + 60).unwrap();
+        let id = q
+            .enqueue(envelope(&["x@a.test"]), b"m\r\n".to_vec())
+            .await
+            .unwrap();
+        let later = (
+            "x@a.test".to_string(),
+            Outcome::Deferred("451 4.4.1 refused".into()),
+        );
+        q.record(&id, std::slice::from_ref(&later), 1000 + 60)
+            .unwrap();
         assert!(dsns(&q).is_empty(), "too early for a warning");
-        q.record(&id, std::slice::from_ref(&later), 1000 + 3600).unwrap();
+        q.record(&id, std::slice::from_ref(&later), 1000 + 3600)
+            .unwrap();
         let d = dsns(&q);
         assert_eq!(d.len(), 1);
         assert!(d[0].2.contains("Action: delayed\r\nStatus: 4.4.1"));
         assert!(d[0].2.contains("Will-Retry-Until:"));
         assert!(q.show(id.as_str()).unwrap().unwrap().warned);
-        q.record(&id, std::slice::from_ref(&later), 1000 + 7200).unwrap();
+        q.record(&id, std::slice::from_ref(&later), 1000 + 7200)
+            .unwrap();
         assert_eq!(dsns(&q).len(), 1, "only once");
     }
 
@@ -1070,26 +1120,46 @@ mod tests {
         let (q, _) = Queue::open(dir.path(), policy()).unwrap();
         let mut ids = Vec::new();
         for _ in 0..5 {
-            ids.push(q.enqueue(envelope_from("", &["x@a.test"]), b"m\r\n".to_vec()).await.unwrap());
+            ids.push(
+                q.enqueue(envelope_from("", &["x@a.test"]), b"m\r\n".to_vec())
+                    .await
+                    .unwrap(),
+            );
         }
         // Defer all but the last to different times.
         for (i, id) in ids.iter().take(4).enumerate() {
-            q.postpone(id, &["x@a.test".into()], 2000 + i as i64 * 100, "451 4.4.1 backed off", 1100)
-                .unwrap();
+            q.postpone(
+                id,
+                &["x@a.test".into()],
+                2000 + i as i64 * 100,
+                "451 4.4.1 backed off",
+                1100,
+            )
+            .unwrap();
         }
         assert_eq!(q.due_ids(1100), vec![ids[4].to_string()]);
         assert_eq!(q.next_due_after(1100), Some(2000));
-        assert_eq!(q.due_ids(2150), vec![ids[4].to_string(), ids[0].to_string(), ids[1].to_string()]);
+        assert_eq!(
+            q.due_ids(2150),
+            vec![ids[4].to_string(), ids[0].to_string(), ids[1].to_string()]
+        );
         // Postponing counts no attempt.
-        assert_eq!(q.show(ids[0].as_str()).unwrap().unwrap().recipients[0].attempts, 0);
+        assert_eq!(
+            q.show(ids[0].as_str()).unwrap().unwrap().recipients[0].attempts,
+            0
+        );
         // Held messages are not scheduled; released ones are due now.
         q.set_held(ids[3].as_str(), true).unwrap();
         assert!(!q.due_ids(9999).contains(&ids[3].to_string()));
         q.set_held(ids[3].as_str(), false).unwrap();
         assert!(q.due_ids(1100).contains(&ids[3].to_string()));
         // Finished messages leave it.
-        q.record(&ids[4], &[("x@a.test".into(), Outcome::Delivered("250 ok".into()))], 1100)
-            .unwrap();
+        q.record(
+            &ids[4],
+            &[("x@a.test".into(), Outcome::Delivered("250 ok".into()))],
+            1100,
+        )
+        .unwrap();
         assert!(!q.due_ids(9999).contains(&ids[4].to_string()));
         // The schedule is rebuilt at start-up.
         drop(q);
@@ -1104,7 +1174,10 @@ mod tests {
         let id;
         {
             let (q, _) = Queue::open(dir.path(), policy()).unwrap();
-            id = q.enqueue(envelope(&["x@a.test"]), b"m\r\n".to_vec()).await.unwrap();
+            id = q
+                .enqueue(envelope(&["x@a.test"]), b"m\r\n".to_vec())
+                .await
+                .unwrap();
             q.flush().unwrap();
         }
         // Garbage over every file of the index.
@@ -1142,6 +1215,12 @@ mod tests {
         let (q, _) = Queue::open_with(dir.path(), policy(), options).unwrap();
         assert!(q.check_space().is_ok());
         probe.0.store(4_999, Ordering::SeqCst);
-        assert_eq!(q.check_space(), Err(DiskFull { free: 4_999, min: 5_000 }));
+        assert_eq!(
+            q.check_space(),
+            Err(DiskFull {
+                free: 4_999,
+                min: 5_000
+            })
+        );
     }
 }

@@ -443,7 +443,11 @@ mod tests {
     }
 
     /// A minimal SMTP server: counts connections and transactions.
-    async fn sink() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>, Arc<std::sync::atomic::AtomicUsize>) {
+    async fn sink() -> (
+        SocketAddr,
+        Arc<std::sync::atomic::AtomicUsize>,
+        Arc<std::sync::atomic::AtomicUsize>,
+    ) {
         use std::sync::atomic::AtomicUsize;
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -502,7 +506,13 @@ mod tests {
         });
         for i in 0..3 {
             let out = client
-                .attempt(addr, "sink", "a@x.test", &rcpts(&["u@d.test"]), format!("Subject: {i}\r\n\r\nx\r\n").as_bytes())
+                .attempt(
+                    addr,
+                    "sink",
+                    "a@x.test",
+                    &rcpts(&["u@d.test"]),
+                    format!("Subject: {i}\r\n\r\nx\r\n").as_bytes(),
+                )
                 .await
                 .unwrap();
             assert_eq!(out[0].1, 250, "{out:?}");

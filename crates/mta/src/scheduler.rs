@@ -610,11 +610,7 @@ mod tests {
                 .unwrap();
         }
         let recorder = Arc::new(Recorder::default());
-        let scheduler = Scheduler::new(
-            queue.clone(),
-            recorder.clone(),
-            Limits::new(4, 2),
-        );
+        let scheduler = Scheduler::new(queue.clone(), recorder.clone(), Limits::new(4, 2));
         let (tx, rx) = watch::channel(false);
         let handle = tokio::spawn(scheduler.run(rx, Duration::from_secs(5)));
         for _ in 0..200 {
@@ -659,11 +655,7 @@ mod tests {
         std::fs::remove_file(active.join(gone.as_str())).unwrap();
         std::fs::write(active.join(bad.as_str()), b"not a spool file").unwrap();
         let recorder = Arc::new(Recorder::default());
-        let scheduler = Scheduler::new(
-            queue.clone(),
-            recorder.clone(),
-            Limits::new(4, 4),
-        );
+        let scheduler = Scheduler::new(queue.clone(), recorder.clone(), Limits::new(4, 4));
         let mut tasks = JoinSet::new();
         scheduler.dispatch(&mut tasks);
         while tasks.join_next().await.is_some() {}
@@ -712,7 +704,10 @@ mod tests {
                 } else {
                     Outcome::Delivered("250 ok".into())
                 };
-                job.recipients.iter().map(|r| (r.clone(), outcome.clone())).collect()
+                job.recipients
+                    .iter()
+                    .map(|r| (r.clone(), outcome.clone()))
+                    .collect()
             })
         }
     }
@@ -722,11 +717,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let queue = open(dir.path()).await;
         for _ in 0..300 {
-            queue.enqueue(envelope(&["u@dead.test"]), b"m\r\n").await.unwrap();
+            queue
+                .enqueue(envelope(&["u@dead.test"]), b"m\r\n")
+                .await
+                .unwrap();
         }
         let mut live = Vec::new();
         for _ in 0..20 {
-            live.push(queue.enqueue(envelope(&["u@live.test"]), b"m\r\n").await.unwrap());
+            live.push(
+                queue
+                    .enqueue(envelope(&["u@live.test"]), b"m\r\n")
+                    .await
+                    .unwrap(),
+            );
         }
         let dest = Arc::new(Destinations::default());
         let limits = Limits {
@@ -739,7 +742,10 @@ mod tests {
         let handle = tokio::spawn(scheduler.clone().run(rx, Duration::from_secs(5)));
         let started = Instant::now();
         for _ in 0..500 {
-            if live.iter().all(|id| queue.show(id.as_str()).unwrap().is_none()) {
+            if live
+                .iter()
+                .all(|id| queue.show(id.as_str()).unwrap().is_none())
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -748,7 +754,8 @@ mod tests {
         tx.send(true).unwrap();
         handle.await.unwrap();
         assert!(
-            live.iter().all(|id| queue.show(id.as_str()).unwrap().is_none()),
+            live.iter()
+                .all(|id| queue.show(id.as_str()).unwrap().is_none()),
             "live mail waited behind the dead domain"
         );
         assert!(took < Duration::from_secs(4), "{took:?}");
@@ -757,17 +764,26 @@ mod tests {
         let attempts = dest.attempts.lock().get("dead.test").copied().unwrap_or(0);
         assert!(attempts <= 3 + 2, "{attempts} attempts to a dead domain");
         let health = scheduler.health("dead.test");
-        assert!(health.open_until.is_some() && health.failures >= 3, "{health:?}");
+        assert!(
+            health.open_until.is_some() && health.failures >= 3,
+            "{health:?}"
+        );
         let left = queue.list().unwrap();
         assert_eq!(left.len(), 300);
         let backed_off = left
             .iter()
-            .filter(|m| m.recipients[0].last_reply.contains("backed off") && m.recipients[0].attempts == 0)
+            .filter(|m| {
+                m.recipients[0].last_reply.contains("backed off") && m.recipients[0].attempts == 0
+            })
             .count();
         assert!(backed_off >= 290, "{backed_off}");
         assert!(queue.due_ids(now_secs()).is_empty());
         // Per-destination limit held.
-        assert!(dest.peak.lock().values().all(|&p| p <= 2), "{:?}", dest.peak.lock());
+        assert!(
+            dest.peak.lock().values().all(|&p| p <= 2),
+            "{:?}",
+            dest.peak.lock()
+        );
         assert!(is_connection_failure("451 4.4.1 x: connect failed"));
         assert!(is_connection_failure("451 4.4.3 MDA unavailable: x"));
         assert!(!is_connection_failure("451 4.2.0 mailbox busy"));
