@@ -8,13 +8,18 @@
 //! Sizes are tuned for CI (debug build, 2 cores): `CRASH_MESSAGES`,
 //! `CRASH_CLIENTS` and `CRASH_KILLS` override them.
 
-use correo_tests::load::{LoadResult, lost_and_duplicated, run_load, tokens_in_maildir, unacknowledged};
-use correo_tests::{MDA_GRPC_PORT, MAILBOX_PORT, MTA_GRPC_PORT, Org, OrgOptions, SMTP_PORT};
+use correo_tests::load::{
+    LoadResult, lost_and_duplicated, run_load, tokens_in_maildir, unacknowledged,
+};
+use correo_tests::{MAILBOX_PORT, MDA_GRPC_PORT, MTA_GRPC_PORT, Org, OrgOptions, SMTP_PORT};
 use rand::Rng;
 use std::time::{Duration, Instant};
 
 fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 #[test]
@@ -45,11 +50,19 @@ fn sigkill_of_mta_and_mda_under_load_loses_nothing() {
             org.start_role("mta", &[MTA_GRPC_PORT, SMTP_PORT]).unwrap();
         } else {
             mda_kills += 1;
-            org.start_role("mda", &[MDA_GRPC_PORT, MAILBOX_PORT]).unwrap();
+            org.start_role("mda", &[MDA_GRPC_PORT, MAILBOX_PORT])
+                .unwrap();
         }
-        assert!(started.elapsed() < Duration::from_secs(600), "load did not finish");
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "load did not finish"
+        );
     }
-    let LoadResult { accepted, refused, broken } = load.join().unwrap();
+    let LoadResult {
+        accepted,
+        refused,
+        broken,
+    } = load.join().unwrap();
     let load_time = started.elapsed();
 
     // Drain: the spool empties and every accepted token arrives.
@@ -61,7 +74,10 @@ fn sigkill_of_mta_and_mda_under_load_loses_nothing() {
     let delivered = tokens_in_maildir(&maildir);
     let (lost, duplicated) = lost_and_duplicated(&accepted, &delivered);
     let extra = unacknowledged(&accepted, &delivered);
-    let delivered_accepted = accepted.iter().filter(|t| delivered.contains_key(*t)).count();
+    let delivered_accepted = accepted
+        .iter()
+        .filter(|t| delivered.contains_key(*t))
+        .count();
     println!(
         "crash test: messages={messages} clients={clients} kills: mta={mta_kills} mda={mda_kills} \
          load={:.1}s total={:.1}s\n\
@@ -75,7 +91,20 @@ fn sigkill_of_mta_and_mda_under_load_loses_nothing() {
         org.spooled(),
     );
     assert!(mta_kills + mda_kills >= 10);
-    assert!(accepted.len() >= messages * 9 / 10, "too few messages accepted: {}", accepted.len());
-    assert!(lost.is_empty(), "lost {} accepted messages, e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]);
-    assert!(drained.is_some(), "the queue did not drain ({} left)", org.spooled());
+    assert!(
+        accepted.len() >= messages * 9 / 10,
+        "too few messages accepted: {}",
+        accepted.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "lost {} accepted messages, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    assert!(
+        drained.is_some(),
+        "the queue did not drain ({} left)",
+        org.spooled()
+    );
 }

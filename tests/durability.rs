@@ -4,14 +4,20 @@
 //! running node.
 
 use correo_tests::load::{Session, lost_and_duplicated, run_load, tokens_in_maildir};
-use correo_tests::{Dns, MDA_GRPC_PORT, MAILBOX_PORT, MTA_GRPC_PORT, Org, OrgOptions, SMTP_PORT, Zone, wait_until};
+use correo_tests::{
+    Dns, MAILBOX_PORT, MDA_GRPC_PORT, MTA_GRPC_PORT, Org, OrgOptions, SMTP_PORT, Zone, wait_until,
+};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
 
 fn two_orgs() -> (Org, Org, Dns) {
     let org_b = Org::start(OrgOptions::new("another.test")).unwrap();
-    let dns = Dns::start(&[Zone::with_mx("another.test", org_b.ip), Zone::raw("example.test", "")]).unwrap();
+    let dns = Dns::start(&[
+        Zone::with_mx("another.test", org_b.ip),
+        Zone::raw("example.test", ""),
+    ])
+    .unwrap();
     let mut a = OrgOptions::new("example.test");
     a.dns = Some(dns.addr);
     let org_a = Org::start(a).unwrap();
@@ -22,18 +28,46 @@ fn two_orgs() -> (Org, Org, Dns) {
 fn a_550_from_the_remote_produces_a_dsn_in_the_senders_maildir() {
     let (org_a, org_b, _dns) = two_orgs();
     org_a
-        .run_mua("alice", &["send", "--to", "nobody@another.test", "--subject", "Will bounce", "--body", "Hello?"])
+        .run_mua(
+            "alice",
+            &[
+                "send",
+                "--to",
+                "nobody@another.test",
+                "--subject",
+                "Will bounce",
+                "--body",
+                "Hello?",
+            ],
+        )
         .unwrap();
     let mail = org_a.wait_for_mail("alice", 1, WAIT).unwrap();
     let dsn = &mail[0];
     assert!(dsn.starts_with("Return-Path: <>\r\n"), "{dsn}");
-    assert!(dsn.contains("Content-Type: multipart/report; report-type=delivery-status;"), "{dsn}");
-    assert!(dsn.contains("From: Mail Delivery System <MAILER-DAEMON@mx.example.test>"), "{dsn}");
-    assert!(dsn.contains("Content-Type: message/delivery-status"), "{dsn}");
-    assert!(dsn.contains("Final-Recipient: rfc822; nobody@another.test\r\nAction: failed\r\nStatus: 5.1.1"), "{dsn}");
+    assert!(
+        dsn.contains("Content-Type: multipart/report; report-type=delivery-status;"),
+        "{dsn}"
+    );
+    assert!(
+        dsn.contains("From: Mail Delivery System <MAILER-DAEMON@mx.example.test>"),
+        "{dsn}"
+    );
+    assert!(
+        dsn.contains("Content-Type: message/delivery-status"),
+        "{dsn}"
+    );
+    assert!(
+        dsn.contains(
+            "Final-Recipient: rfc822; nobody@another.test\r\nAction: failed\r\nStatus: 5.1.1"
+        ),
+        "{dsn}"
+    );
     assert!(dsn.contains("Diagnostic-Code: smtp; 550 5.1.1"), "{dsn}");
     assert!(dsn.contains("Content-Type: text/rfc822-headers"), "{dsn}");
-    assert!(dsn.contains("Subject: Will bounce"), "original headers: {dsn}");
+    assert!(
+        dsn.contains("Subject: Will bounce"),
+        "original headers: {dsn}"
+    );
     assert!(!dsn.contains("Hello?"), "no body: {dsn}");
     // The failed message and its DSN have left the queue; nothing arrived at B.
     assert!(wait_until(WAIT, || (org_a.spooled() == 0).then_some(())).is_some());
@@ -63,9 +97,17 @@ fn a_deleted_or_damaged_index_is_rebuilt_with_nothing_lost() {
 
     // Damage: truncate every file inside queue.sled, with the MTA killed.
     org.process("mta").kill();
-    for entry in std::fs::read_dir(org.path("mta/queue.sled")).unwrap().flatten() {
+    for entry in std::fs::read_dir(org.path("mta/queue.sled"))
+        .unwrap()
+        .flatten()
+    {
         if entry.path().is_file() {
-            std::fs::OpenOptions::new().write(true).open(entry.path()).unwrap().set_len(7).unwrap();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(entry.path())
+                .unwrap()
+                .set_len(7)
+                .unwrap();
         }
     }
     org.start_role("mta", &[MTA_GRPC_PORT, SMTP_PORT]).unwrap();
@@ -74,13 +116,15 @@ fn a_deleted_or_damaged_index_is_rebuilt_with_nothing_lost() {
     assert_eq!(list.matches("bob@example.test").count(), 3, "{list}");
 
     // Delete it altogether, after queueing two more.
-    org.start_role("mda", &[MDA_GRPC_PORT, MAILBOX_PORT]).unwrap();
+    org.start_role("mda", &[MDA_GRPC_PORT, MAILBOX_PORT])
+        .unwrap();
     let _ = org.wait_for_mail("bob", 3, WAIT).unwrap();
     accepted.extend(queue_while_mda_down(&mut org, &["idx-4", "idx-5"]));
     org.process("mta").kill();
     std::fs::remove_dir_all(org.path("mta/queue.sled")).unwrap();
     org.start_role("mta", &[MTA_GRPC_PORT, SMTP_PORT]).unwrap();
-    org.start_role("mda", &[MDA_GRPC_PORT, MAILBOX_PORT]).unwrap();
+    org.start_role("mda", &[MDA_GRPC_PORT, MAILBOX_PORT])
+        .unwrap();
 
     let maildir = org.path("mda/mail/example.test/bob/Maildir/new");
     let all = wait_until(WAIT, || {
@@ -89,7 +133,11 @@ fn a_deleted_or_damaged_index_is_rebuilt_with_nothing_lost() {
     });
     let delivered = tokens_in_maildir(&maildir);
     let (lost, duplicated) = lost_and_duplicated(&accepted, &delivered);
-    println!("index rebuild: accepted={} lost={} duplicated={duplicated}", accepted.len(), lost.len());
+    println!(
+        "index rebuild: accepted={} lost={} duplicated={duplicated}",
+        accepted.len(),
+        lost.len()
+    );
     assert!(all.is_some() && lost.is_empty(), "lost {lost:?}");
     assert!(wait_until(WAIT, || (org.spooled() == 0).then_some(())).is_some());
 }
@@ -99,7 +147,18 @@ fn mail_for_a_remote_mx_that_is_down_waits_and_arrives_when_it_is_back() {
     let (org_a, mut org_b, _dns) = two_orgs();
     org_b.process("mta").kill();
     org_a
-        .run_mua("alice", &["send", "--to", "bob@another.test", "--subject", "Patience", "--body", "Wait for it."])
+        .run_mua(
+            "alice",
+            &[
+                "send",
+                "--to",
+                "bob@another.test",
+                "--subject",
+                "Patience",
+                "--body",
+                "Wait for it.",
+            ],
+        )
         .unwrap();
     // It stays queued at A, deferred, while B's MX is down.
     let deferred = wait_until(WAIT, || {
@@ -109,7 +168,9 @@ fn mail_for_a_remote_mx_that_is_down_waits_and_arrives_when_it_is_back() {
     assert!(deferred.is_some(), "not deferred");
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(org_a.spooled(), 1);
-    org_b.start_role("mta", &[MTA_GRPC_PORT, SMTP_PORT]).unwrap();
+    org_b
+        .start_role("mta", &[MTA_GRPC_PORT, SMTP_PORT])
+        .unwrap();
     let mail = org_b.wait_for_mail("bob", 1, WAIT).unwrap();
     assert!(mail[0].contains("Wait for it."));
     assert!(wait_until(WAIT, || (org_a.spooled() == 0).then_some(())).is_some());
@@ -133,7 +194,10 @@ fn mda_down_keeps_mail_queued_and_every_queue_command_works() {
         (ok && list.matches("deferred").count() == 4).then_some(list)
     })
     .expect("four deferred messages");
-    assert!(list.contains("MDA unavailable") || list.contains("backed off"), "{list}");
+    assert!(
+        list.contains("MDA unavailable") || list.contains("backed off"),
+        "{list}"
+    );
     assert!(list.contains("<alice@example.test>"), "{list}");
     let ids = queue_ids(&list);
     assert_eq!(ids.len(), 4, "{list}");
@@ -144,7 +208,10 @@ fn mda_down_keeps_mail_queued_and_every_queue_command_works() {
         out
     }
     let show = run(&org, &["show", &ids[0]]);
-    assert!(show.starts_with(&ids[0]) && show.contains("bob@example.test"), "{show}");
+    assert!(
+        show.starts_with(&ids[0]) && show.contains("bob@example.test"),
+        "{show}"
+    );
     assert!(run(&org, &["hold", &ids[0]]).contains("held"));
     assert!(run(&org, &["show", &ids[0]]).contains("[held]"));
     assert!(run(&org, &["release", &ids[0]]).contains("released"));
@@ -152,11 +219,17 @@ fn mda_down_keeps_mail_queued_and_every_queue_command_works() {
     assert!(run(&org, &["retry", &ids[1]]).contains("scheduled for immediate retry"));
     assert!(run(&org, &["retry", "--all"]).contains("scheduled for immediate retry"));
     let summary = run(&org, &["summary"]);
-    assert!(summary.contains("DOMAIN") && summary.contains("example.test"), "{summary}");
+    assert!(
+        summary.contains("DOMAIN") && summary.contains("example.test"),
+        "{summary}"
+    );
     assert!(run(&org, &["delete", &ids[2]]).contains("deleted"));
     assert!(run(&org, &["bounce", &ids[3]]).contains("1 recipients failed"));
     // Errors name the id.
-    for (args, id) in [(["show", "0000000000000000"], "0000000000000000"), (["hold", "not-an-id"], "not-an-id")] {
+    for (args, id) in [
+        (["show", "0000000000000000"], "0000000000000000"),
+        (["hold", "not-an-id"], "not-an-id"),
+    ] {
         let (ok, _, err) = org.mta_queue(&args).unwrap();
         assert!(!ok, "{args:?} succeeded");
         assert!(err.contains(&format!("queue id {id} not found")), "{err}");
@@ -166,19 +239,34 @@ fn mda_down_keeps_mail_queued_and_every_queue_command_works() {
     // Held messages are not delivered until released: hold one again, then
     // bring the MDA back.
     run(&org, &["hold", &ids[1]]);
-    org.start_role("mda", &[MDA_GRPC_PORT, MAILBOX_PORT]).unwrap();
+    org.start_role("mda", &[MDA_GRPC_PORT, MAILBOX_PORT])
+        .unwrap();
     let maildir = org.path("mda/mail/example.test/bob/Maildir/new");
-    assert!(wait_until(WAIT, || tokens_in_maildir(&maildir).contains_key("q-1").then_some(())).is_some());
+    assert!(
+        wait_until(WAIT, || tokens_in_maildir(&maildir)
+            .contains_key("q-1")
+            .then_some(()))
+        .is_some()
+    );
     // The bounce reached alice as a DSN.
     let dsn = org.wait_for_mail("alice", 1, WAIT).unwrap();
-    assert!(dsn[0].contains("bounced by the queue administrator"), "{}", dsn[0]);
+    assert!(
+        dsn[0].contains("bounced by the queue administrator"),
+        "{}",
+        dsn[0]
+    );
     std::thread::sleep(Duration::from_secs(2));
     let delivered = tokens_in_maildir(&maildir);
     assert!(!delivered.contains_key("q-2"), "held message delivered");
     assert!(!delivered.contains_key("q-3"), "deleted message delivered");
     assert!(!delivered.contains_key("q-4"), "bounced message delivered");
     run(&org, &["release", &ids[1]]);
-    assert!(wait_until(WAIT, || tokens_in_maildir(&maildir).contains_key("q-2").then_some(())).is_some());
+    assert!(
+        wait_until(WAIT, || tokens_in_maildir(&maildir)
+            .contains_key("q-2")
+            .then_some(()))
+        .is_some()
+    );
     assert!(wait_until(WAIT, || (org.spooled() == 0).then_some(())).is_some());
     let (ok, out, _) = org.mta_queue(&["list"]).unwrap();
     assert!(ok && out.contains("queue is empty"), "{out}");
@@ -191,18 +279,36 @@ fn sigterm_under_load_leaves_no_half_written_state() {
     let started = std::time::Instant::now();
     let load = std::thread::spawn(move || run_load(&submitter, 4, 300, "term", 200));
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(org.terminate("mta", Duration::from_secs(60)).unwrap(), "MTA exit status after SIGTERM");
-    println!("sigterm: MTA stopped at {:.1}s", started.elapsed().as_secs_f64());
-    let tmp = std::fs::read_dir(org.path("mta/spool/tmp")).unwrap().count();
+    assert!(
+        org.terminate("mta", Duration::from_secs(60)).unwrap(),
+        "MTA exit status after SIGTERM"
+    );
+    println!(
+        "sigterm: MTA stopped at {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let tmp = std::fs::read_dir(org.path("mta/spool/tmp"))
+        .unwrap()
+        .count();
     assert_eq!(tmp, 0, "half-written spool files left in tmp/");
     std::thread::sleep(Duration::from_millis(500));
     org.start_role("mta", &[MTA_GRPC_PORT, SMTP_PORT]).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(org.terminate("mda", Duration::from_secs(60)).unwrap(), "MDA exit status after SIGTERM");
-    println!("sigterm: MDA stopped at {:.1}s", started.elapsed().as_secs_f64());
-    org.start_role("mda", &[MDA_GRPC_PORT, MAILBOX_PORT]).unwrap();
+    assert!(
+        org.terminate("mda", Duration::from_secs(60)).unwrap(),
+        "MDA exit status after SIGTERM"
+    );
+    println!(
+        "sigterm: MDA stopped at {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    org.start_role("mda", &[MDA_GRPC_PORT, MAILBOX_PORT])
+        .unwrap();
     let result = load.join().unwrap();
-    println!("sigterm: load done at {:.1}s", started.elapsed().as_secs_f64());
+    println!(
+        "sigterm: load done at {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     let maildir = org.path("mda/mail/example.test/bob/Maildir/new");
     wait_until(Duration::from_secs(120), || {
         let d = tokens_in_maildir(&maildir);

@@ -8,7 +8,7 @@
 
 use correo_tests::{Org, OrgOptions, SMTP_PORT, SUBMISSION_PORT, SUBMISSIONS_PORT, wait_until};
 use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -47,19 +47,12 @@ impl Client {
 
     /// Connects from a chosen loopback source address (connection limits).
     fn connect_from(source: Option<Ipv4Addr>, addr: SocketAddr) -> Client {
-        let stream = match source {
-            None => TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect"),
-            Some(ip) => {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-                rt.block_on(async {
-                    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-                    socket.bind(SocketAddr::new(IpAddr::V4(ip), 0)).unwrap();
-                    socket.connect(addr).await.expect("connect").into_std().unwrap()
-                })
-            }
-        };
+        let stream = correo_tests::connect_from(source, addr).expect("connect");
         stream.set_nonblocking(false).unwrap();
-        Client { stream, buf: Vec::new() }
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
     }
 
     /// Connects and expects `220`.
@@ -79,7 +72,9 @@ impl Client {
         loop {
             if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=pos).collect();
-                return Ok(String::from_utf8_lossy(&line).trim_end_matches(['\r', '\n']).to_string());
+                return Ok(String::from_utf8_lossy(&line)
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string());
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -104,10 +99,15 @@ impl Client {
         loop {
             let line = self.line_within(limit)?;
             assert!(line.len() >= 3, "short reply line {line:?}");
-            let code: u16 = line[..3].parse().unwrap_or_else(|_| panic!("bad reply {line:?}"));
+            let code: u16 = line[..3]
+                .parse()
+                .unwrap_or_else(|_| panic!("bad reply {line:?}"));
             text.push(line.get(4..).unwrap_or("").to_string());
             if line.as_bytes().get(3) != Some(&b'-') {
-                return Ok(Reply { code, text: text.join("\n") });
+                return Ok(Reply {
+                    code,
+                    text: text.join("\n"),
+                });
             }
         }
     }
@@ -165,7 +165,11 @@ fn mta_session(org: &Org) -> Client {
 }
 
 fn run_python(script: &str) -> String {
-    let out = std::process::Command::new("python3").arg("-c").arg(script).output().expect("python3");
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("python3");
     assert!(
         out.status.success(),
         "python failed:\n{}\n{}",
@@ -309,8 +313,16 @@ fn mta_limits_order_and_syntax() {
 
     // SIZE: declared too big -> 552 5.3.4, and the session goes on.
     let mut c = mta_session(&org);
-    c.expect("MAIL FROM:<sender@remote.test> SIZE=999999999999", 552, "5.3.4");
-    c.expect("MAIL FROM:<sender@remote.test> SIZE=99999999999999999999999999", 552, "5.3.4");
+    c.expect(
+        "MAIL FROM:<sender@remote.test> SIZE=999999999999",
+        552,
+        "5.3.4",
+    );
+    c.expect(
+        "MAIL FROM:<sender@remote.test> SIZE=99999999999999999999999999",
+        552,
+        "5.3.4",
+    );
     c.expect("MAIL FROM:<sender@remote.test> SIZE=1000", 250, "2.1.0");
     c.expect("RSET", 250, "2.0.0");
 
@@ -485,9 +497,15 @@ fn mta_smuggling_never_makes_a_second_message() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(bob_count(&org), accepted);
     for message in &mail {
-        assert!(message.contains("SMUGGLED BODY") && message.contains("MAIL FROM:<evil"), "{message}");
+        assert!(
+            message.contains("SMUGGLED BODY") && message.contains("MAIL FROM:<evil"),
+            "{message}"
+        );
     }
-    assert!(org.maildir_new("alice").is_empty(), "a smuggled message reached alice");
+    assert!(
+        org.maildir_new("alice").is_empty(),
+        "a smuggled message reached alice"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -501,8 +519,15 @@ fn msa_hostile_input() {
     // Plaintext phase of 587.
     let mut c = Client::greeted(addr);
     let ehlo = c.expect("EHLO hostile.client.test", 250, "");
-    assert!(!ehlo.text.contains("AUTH"), "AUTH offered before TLS: {ehlo:?}");
-    c.expect("AUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdABhbGljZS1zZWNyZXQ=", 538, "5.7.11");
+    assert!(
+        !ehlo.text.contains("AUTH"),
+        "AUTH offered before TLS: {ehlo:?}"
+    );
+    c.expect(
+        "AUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdABhbGljZS1zZWNyZXQ=",
+        538,
+        "5.7.11",
+    );
     c.expect("AUTH LOGIN", 538, "5.7.11");
     c.expect("MAIL FROM:<alice@example.test>", 530, "5.7.0");
     c.expect(&format!("NOOP {}QUIT", "x".repeat(600)), 500, "5.5.2");
@@ -630,7 +655,10 @@ print("accepted", accepted)
             }
         }
     }
-    assert!(org.maildir_new("alice").is_empty(), "a smuggled message reached alice");
+    assert!(
+        org.maildir_new("alice").is_empty(),
+        "a smuggled message reached alice"
+    );
 }
 
 #[test]
@@ -682,8 +710,20 @@ fn tuned_org() -> Org {
     let mut org = Org::start(OrgOptions::new("example.test")).unwrap();
     let knobs = "greeting_delay = \"300ms\"\ncommand_timeout = \"2s\"\n\
                  max_connections = 4\nmax_connections_per_client = 2";
-    reconfigure(&mut org, "mta", "smtp", &format!("{knobs}\nmax_message_size = 20000"), &[SMTP_PORT]);
-    reconfigure(&mut org, "msa", "submission", knobs, &[SUBMISSION_PORT, SUBMISSIONS_PORT]);
+    reconfigure(
+        &mut org,
+        "mta",
+        "smtp",
+        &format!("{knobs}\nmax_message_size = 20000"),
+        &[SMTP_PORT],
+    );
+    reconfigure(
+        &mut org,
+        "msa",
+        "submission",
+        knobs,
+        &[SUBMISSION_PORT, SUBMISSIONS_PORT],
+    );
     org
 }
 
@@ -700,13 +740,20 @@ fn talk_before_greeting_idle_and_slow_drip() {
         // A patient client gets its greeting after the delay.
         let started = Instant::now();
         let mut c = Client::greeted(addr);
-        assert!(started.elapsed() >= Duration::from_millis(250), "no greeting delay");
+        assert!(
+            started.elapsed() >= Duration::from_millis(250),
+            "no greeting delay"
+        );
         c.expect("EHLO patient.client.test", 250, "");
 
         // Idle: 421 4.4.2 after command_timeout.
         let started = Instant::now();
         c.expect_reply(421, "4.4.2", "idle timeout");
-        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
         c.expect_closed("idle");
 
         // Slow drip: a byte every 200 ms never completes a command; the
@@ -727,7 +774,11 @@ fn talk_before_greeting_idle_and_slow_drip() {
         }
         let reply = got.expect("no 421 while dripping");
         check(&reply, 421, "4.4.2", "slow drip");
-        assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
         c.expect_closed("slow drip");
         still_serves(addr);
     }
@@ -739,7 +790,9 @@ fn talk_before_greeting_idle_and_slow_drip() {
     c.expect("DATA", 354, "");
     let mut body = b"Subject: big\r\n\r\n".to_vec();
     for _ in 0..500 {
-        body.extend_from_slice(b"0123456789012345678901234567890123456789012345678901234567890123456789\r\n");
+        body.extend_from_slice(
+            b"0123456789012345678901234567890123456789012345678901234567890123456789\r\n",
+        );
     }
     body.extend_from_slice(b".\r\n");
     c.send(&body);

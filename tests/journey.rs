@@ -12,7 +12,11 @@ const WAIT: Duration = Duration::from_secs(30);
 fn header<'a>(message: &'a str, name: &str) -> Vec<&'a str> {
     let head = message.split("\r\n\r\n").next().unwrap_or("");
     head.split("\r\n")
-        .filter(|l| l.len() > name.len() && l[..name.len()].eq_ignore_ascii_case(name) && l.as_bytes()[name.len()] == b':')
+        .filter(|l| {
+            l.len() > name.len()
+                && l[..name.len()].eq_ignore_ascii_case(name)
+                && l.as_bytes()[name.len()] == b':'
+        })
         .collect()
 }
 
@@ -22,18 +26,35 @@ fn journey_within_one_domain() {
     let out = org
         .run_mua(
             "alice",
-            &["send", "--to", "bob@example.test", "--subject", "Hello Bob", "--body", "First message."],
+            &[
+                "send",
+                "--to",
+                "bob@example.test",
+                "--subject",
+                "Hello Bob",
+                "--body",
+                "First message.",
+            ],
         )
         .unwrap();
     assert!(!out.trim().is_empty(), "mua send printed no queue id");
 
     let mail = org.wait_for_mail("bob", 1, WAIT).unwrap();
     let message = &mail[0];
-    assert!(message.starts_with("Return-Path: <alice@example.test>\r\n"), "{message}");
-    assert_eq!(header(message, "Delivered-To"), ["Delivered-To: bob@example.test"]);
+    assert!(
+        message.starts_with("Return-Path: <alice@example.test>\r\n"),
+        "{message}"
+    );
+    assert_eq!(
+        header(message, "Delivered-To"),
+        ["Delivered-To: bob@example.test"]
+    );
     assert!(message.contains("Subject: Hello Bob"), "{message}");
     assert!(message.contains("First message."), "{message}");
-    assert!(header(message, "Received").len() >= 2, "MSA and MTA each add Received: {message}");
+    assert!(
+        header(message, "Received").len() >= 2,
+        "MSA and MTA each add Received: {message}"
+    );
 
     // Bob reads it through the mailbox API.
     let list = org.run_mua("bob", &["list"]).unwrap();
@@ -57,7 +78,11 @@ fn journey_across_two_domains_by_mx() {
     // Org B only receives, so it needs no resolver; the DNS server then
     // learns its address, and org A resolves another.test's MX through it.
     let org_b = Org::start(OrgOptions::new("another.test")).unwrap();
-    let dns = Dns::start(&[Zone::with_mx("another.test", org_b.ip), Zone::raw("example.test", "")]).unwrap();
+    let dns = Dns::start(&[
+        Zone::with_mx("another.test", org_b.ip),
+        Zone::raw("example.test", ""),
+    ])
+    .unwrap();
     let mut a_options = OrgOptions::new("example.test");
     a_options.dns = Some(dns.addr);
     let org_a = Org::start(a_options).unwrap();
@@ -65,12 +90,23 @@ fn journey_across_two_domains_by_mx() {
     org_a
         .run_mua(
             "alice",
-            &["send", "--to", "bob@another.test", "--subject", "Across", "--body", "Over the MX hop."],
+            &[
+                "send",
+                "--to",
+                "bob@another.test",
+                "--subject",
+                "Across",
+                "--body",
+                "Over the MX hop.",
+            ],
         )
         .unwrap();
     let mail = org_b.wait_for_mail("bob", 1, WAIT).unwrap();
     let message = &mail[0];
-    assert!(message.starts_with("Return-Path: <alice@example.test>\r\n"), "{message}");
+    assert!(
+        message.starts_with("Return-Path: <alice@example.test>\r\n"),
+        "{message}"
+    );
     assert!(message.contains("Over the MX hop."), "{message}");
     let received = header(message, "Received");
     assert!(received.len() >= 3, "MSA, MTA A and MTA B: {received:?}");
@@ -103,7 +139,11 @@ s.quit()
     let message = &mail[0];
     assert_eq!(header(message, "Date").len(), 1, "{message}");
     assert_eq!(header(message, "Message-ID").len(), 1, "{message}");
-    assert_eq!(header(message, "To"), ["To: bob@example.test"], "unqualified address completed");
+    assert_eq!(
+        header(message, "To"),
+        ["To: bob@example.test"],
+        "unqualified address completed"
+    );
 }
 
 #[test]
@@ -141,7 +181,10 @@ with smtplib.SMTP_SSL({ip:?}, 465, context=ctx, timeout=20) as s:
     run_python(&script);
     let mail = org.wait_for_mail("bob", 2, WAIT).unwrap();
     assert!(mail.iter().any(|m| m.contains("Subject: from smtplib")));
-    assert!(mail.iter().any(|m| m.contains("Subject: over implicit TLS")));
+    assert!(
+        mail.iter()
+            .any(|m| m.contains("Subject: over implicit TLS"))
+    );
 }
 
 #[test]
@@ -201,7 +244,11 @@ fn org_expect(smtp: &mut RawSmtp, line: &str, code: u16) {
 }
 
 fn run_python(script: &str) {
-    let out = std::process::Command::new("python3").arg("-c").arg(script).output().expect("python3");
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("python3");
     assert!(
         out.status.success(),
         "python failed:\n{}\n{}",

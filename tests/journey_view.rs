@@ -4,7 +4,9 @@
 //! journey id or by Message-ID; and every role's `/metrics` must count what
 //! happened.
 
-use correo_tests::{Dns, Org, OrgOptions, SUBMISSION_PORT, SUBMISSIONS_PORT, Zone, bin_dir, wait_until};
+use correo_tests::{
+    Dns, Org, OrgOptions, SUBMISSION_PORT, SUBMISSIONS_PORT, Zone, bin_dir, wait_until,
+};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,11 +24,15 @@ fn correo_bin() -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "correo", "--manifest-path"]).arg(&manifest);
+        cmd.args(["build", "--quiet", "-p", "correo", "--manifest-path"])
+            .arg(&manifest);
         if bin_dir().ends_with("release") {
             cmd.arg("--release");
         }
-        assert!(cmd.status().expect("cargo build").success(), "building correo failed");
+        assert!(
+            cmd.status().expect("cargo build").success(),
+            "building correo failed"
+        );
     });
     bin_dir().join("correo")
 }
@@ -39,7 +45,11 @@ fn append(path: &Path, text: &str) {
 fn header(message: &str, name: &str) -> Option<String> {
     let head = message.split("\r\n\r\n").next().unwrap_or("");
     head.split("\r\n")
-        .find(|l| l.len() > name.len() && l[..name.len()].eq_ignore_ascii_case(name) && l.as_bytes()[name.len()] == b':')
+        .find(|l| {
+            l.len() > name.len()
+                && l[..name.len()].eq_ignore_ascii_case(name)
+                && l.as_bytes()[name.len()] == b':'
+        })
         .map(|l| l[name.len() + 1..].trim().to_string())
 }
 
@@ -47,7 +57,8 @@ fn header(message: &str, name: &str) -> Option<String> {
 fn scrape(addr: std::net::SocketAddr) -> String {
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
@@ -55,7 +66,11 @@ fn scrape(addr: std::net::SocketAddr) -> String {
 }
 
 fn journey(args: &[String]) -> String {
-    let out = Command::new(correo_bin()).arg("journey").args(args).output().unwrap();
+    let out = Command::new(correo_bin())
+        .arg("journey")
+        .args(args)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -69,7 +84,11 @@ fn journey(args: &[String]) -> String {
 fn correo_journey_shows_every_hop_across_two_domains() {
     correo_bin();
     let mut org_b = Org::start(OrgOptions::new("another.test")).unwrap();
-    let dns = Dns::start(&[Zone::with_mx("another.test", org_b.ip), Zone::raw("example.test", "")]).unwrap();
+    let dns = Dns::start(&[
+        Zone::with_mx("another.test", org_b.ip),
+        Zone::raw("example.test", ""),
+    ])
+    .unwrap();
     let mut a_options = OrgOptions::new("example.test");
     a_options.dns = Some(dns.addr);
     let mut org_a = Org::start(a_options).unwrap();
@@ -83,19 +102,50 @@ fn correo_journey_shows_every_hop_across_two_domains() {
             ip = org_a.ip
         ),
     );
-    org_a.start_role("msa", &[SUBMISSION_PORT, SUBMISSIONS_PORT, MSA_GRPC_PORT, METRICS_PORT]).unwrap();
-    append(&org_b.path("mta.toml"), &format!("[metrics]\nlisten = \"{}:{METRICS_PORT}\"\n", org_b.ip));
-    org_b.start_role("mta", &[correo_tests::MTA_GRPC_PORT, correo_tests::SMTP_PORT, METRICS_PORT]).unwrap();
+    org_a
+        .start_role(
+            "msa",
+            &[
+                SUBMISSION_PORT,
+                SUBMISSIONS_PORT,
+                MSA_GRPC_PORT,
+                METRICS_PORT,
+            ],
+        )
+        .unwrap();
+    append(
+        &org_b.path("mta.toml"),
+        &format!("[metrics]\nlisten = \"{}:{METRICS_PORT}\"\n", org_b.ip),
+    );
+    org_b
+        .start_role(
+            "mta",
+            &[
+                correo_tests::MTA_GRPC_PORT,
+                correo_tests::SMTP_PORT,
+                METRICS_PORT,
+            ],
+        )
+        .unwrap();
 
     org_a
         .run_mua(
             "alice",
-            &["send", "--to", "bob@another.test", "--subject", "Watch me travel", "--body", "Hop by hop."],
+            &[
+                "send",
+                "--to",
+                "bob@another.test",
+                "--subject",
+                "Watch me travel",
+                "--body",
+                "Hop by hop.",
+            ],
         )
         .unwrap();
     let mail = org_b.wait_for_mail("bob", 1, WAIT).unwrap();
     let message = &mail[0];
-    let journey_id = header(message, "X-Correo-Journey").expect("X-Correo-Journey on the delivered message");
+    let journey_id =
+        header(message, "X-Correo-Journey").expect("X-Correo-Journey on the delivered message");
     let message_id = header(message, "Message-ID").expect("Message-ID");
 
     let configs: Vec<String> = [
@@ -132,15 +182,24 @@ fn correo_journey_shows_every_hop_across_two_domains() {
             .to_string()
     };
     let submitted = event("msa", "msa.example.test", "submitted");
-    assert!(submitted.contains("TLS TLSv1"), "submission over STARTTLS: {submitted}");
+    assert!(
+        submitted.contains("TLS TLSv1"),
+        "submission over STARTTLS: {submitted}"
+    );
     event("mta", "mta-example.test", "queued");
     let mx = event("mta", "mta-example.test", "mx");
     assert!(mx.contains("mx.another.test"), "{mx}");
     let connected = event("mta", "mta-example.test", "connected");
-    assert!(connected.contains("mx.another.test") && connected.contains("TLS TLSv1"), "TLS on the MX hop: {connected}");
+    assert!(
+        connected.contains("mx.another.test") && connected.contains("TLS TLSv1"),
+        "TLS on the MX hop: {connected}"
+    );
     event("mta", "mta-example.test", "delivered");
     let queued_b = event("mta", "mta-another.test", "queued");
-    assert!(queued_b.contains("TLS TLSv1"), "MTA B received over STARTTLS: {queued_b}");
+    assert!(
+        queued_b.contains("TLS TLSv1"),
+        "MTA B received over STARTTLS: {queued_b}"
+    );
     event("mta", "mta-another.test", "delivered");
     let stored = event("mda", "mda.another.test", "stored");
     assert!(stored.contains("bob@another.test"), "{stored}");
@@ -166,7 +225,11 @@ fn correo_journey_shows_every_hop_across_two_domains() {
     // The MSA's own gRPC listener answers the standard health check (mutual TLS).
     let certs = org_a.path("certs");
     let probe = Command::new(correo_bin())
-        .args(["probe", "grpc", &format!("https://{}:{MSA_GRPC_PORT}", org_a.ip)])
+        .args([
+            "probe",
+            "grpc",
+            &format!("https://{}:{MSA_GRPC_PORT}", org_a.ip),
+        ])
         .arg("--ca")
         .arg(certs.join("ca.pem"))
         .arg("--cert")
@@ -176,7 +239,11 @@ fn correo_journey_shows_every_hop_across_two_domains() {
         .args(["--server-name", "msa"])
         .output()
         .unwrap();
-    assert!(probe.status.success(), "MSA health: {}", String::from_utf8_lossy(&probe.stderr));
+    assert!(
+        probe.status.success(),
+        "MSA health: {}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
 
     // Bob sees the hops of his own message, without any certificate.
     let id = org_b.maildir_new("bob")[0]
@@ -188,17 +255,35 @@ fn correo_journey_shows_every_hop_across_two_domains() {
         .unwrap()
         .to_string();
     let mine = org_b.run_mua("bob", &["journey", &id]).unwrap();
-    assert!(mine.contains("mx.another.test received from mx.example.test"), "{mine}");
+    assert!(
+        mine.contains("mx.another.test received from mx.example.test"),
+        "{mine}"
+    );
     assert!(mine.contains("with ESMTPS (TLS)"), "{mine}");
     assert!(mine.contains(&journey_id), "{mine}");
 
     // Metrics counted the trip.
     let msa = scrape(org_a.addr(METRICS_PORT));
-    assert!(msa.contains("correo_smtp_messages_total{result=\"accepted\"} 1"), "{msa}");
+    assert!(
+        msa.contains("correo_smtp_messages_total{result=\"accepted\"} 1"),
+        "{msa}"
+    );
     assert!(msa.contains("correo_build_info{role=\"msa\""), "{msa}");
     let mta_b = scrape(org_b.addr(METRICS_PORT));
-    assert!(mta_b.contains("correo_mta_messages_queued_total{source=\"smtp\"} 1"), "{mta_b}");
-    assert!(mta_b.contains("correo_smtp_replies_total{code=\"220\"}"), "{mta_b}");
-    assert!(mta_b.contains("correo_mta_delivery_attempts_total{result=\"delivered\"} 1"), "{mta_b}");
-    assert!(mta_b.contains("correo_mta_delivery_duration_seconds_count 1"), "{mta_b}");
+    assert!(
+        mta_b.contains("correo_mta_messages_queued_total{source=\"smtp\"} 1"),
+        "{mta_b}"
+    );
+    assert!(
+        mta_b.contains("correo_smtp_replies_total{code=\"220\"}"),
+        "{mta_b}"
+    );
+    assert!(
+        mta_b.contains("correo_mta_delivery_attempts_total{result=\"delivered\"} 1"),
+        "{mta_b}"
+    );
+    assert!(
+        mta_b.contains("correo_mta_delivery_duration_seconds_count 1"),
+        "{mta_b}"
+    );
 }

@@ -5,7 +5,7 @@
 
 use correo_tests::{Org, OrgOptions, SMTP_PORT, SUBMISSION_PORT};
 use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 /// A byte-exact client that can pick its source address.
@@ -16,20 +16,15 @@ struct Client {
 
 impl Client {
     fn connect_from(source: Option<Ipv4Addr>, addr: SocketAddr) -> Client {
-        let stream = match source {
-            None => TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect"),
-            Some(ip) => {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-                rt.block_on(async {
-                    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-                    socket.bind(SocketAddr::new(IpAddr::V4(ip), 0)).unwrap();
-                    socket.connect(addr).await.expect("connect").into_std().unwrap()
-                })
-            }
-        };
+        let stream = correo_tests::connect_from(source, addr).expect("connect");
         stream.set_nonblocking(false).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut c = Client { stream, buf: Vec::new() };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut c = Client {
+            stream,
+            buf: Vec::new(),
+        };
         let (code, text) = c.reply();
         assert_eq!(code, 220, "{text}");
         c
@@ -59,7 +54,9 @@ impl Client {
     }
 
     fn cmd(&mut self, line: &str) -> (u16, String) {
-        self.stream.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+        self.stream
+            .write_all(format!("{line}\r\n").as_bytes())
+            .unwrap();
         self.reply()
     }
 
@@ -131,7 +128,11 @@ fn relay_refused(c: &mut Client, form: &str) {
 fn spool_files(org: &Org) -> Vec<String> {
     let dir = org.path("mta/spool/active");
     std::fs::read_dir(dir)
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path().display().to_string()).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path().display().to_string())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -142,7 +143,12 @@ fn port_25_never_relays() {
     // From the default source, from 127.0.0.1 ("internal-looking") and from
     // the MTA's own address: the same refusals.
     for source in [None, Some(Ipv4Addr::LOCALHOST), Some(org.ip)] {
-        for sender in ["<stranger@remote.test>", "<bob@example.test>", "<>", "<postmaster@example.test>"] {
+        for sender in [
+            "<stranger@remote.test>",
+            "<bob@example.test>",
+            "<>",
+            "<postmaster@example.test>",
+        ] {
             let forms: Vec<&str> = RELAY_FORMS.iter().chain(FOREIGN).copied().collect();
             // Syntax errors count towards the error limit (10): a fresh
             // session for every few forms.
@@ -170,7 +176,11 @@ fn port_25_never_relays() {
     c.expect("QUIT", 221, "2.0.0");
 
     std::thread::sleep(Duration::from_millis(500));
-    assert!(spool_files(&org).is_empty(), "something was queued: {:?}", spool_files(&org));
+    assert!(
+        spool_files(&org).is_empty(),
+        "something was queued: {:?}",
+        spool_files(&org)
+    );
     assert!(org.maildir_new("alice").is_empty() && org.maildir_new("bob").is_empty());
 }
 
@@ -223,7 +233,11 @@ print("ok")
         port = SUBMISSION_PORT,
         forms = forms.join(", "),
     );
-    let out = std::process::Command::new("python3").arg("-c").arg(&script).output().unwrap();
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}\n{}",
@@ -231,5 +245,9 @@ print("ok")
         String::from_utf8_lossy(&out.stderr)
     );
     std::thread::sleep(Duration::from_millis(500));
-    assert!(spool_files(&org).is_empty(), "something was queued: {:?}", spool_files(&org));
+    assert!(
+        spool_files(&org).is_empty(),
+        "something was queued: {:?}",
+        spool_files(&org)
+    );
 }

@@ -26,7 +26,10 @@ pub mod smtp;
 pub fn bin_dir() -> PathBuf {
     // The test executable is target/<profile>/deps/<name>-<hash>.
     let exe = std::env::current_exe().expect("current exe");
-    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
 }
 
 /// Path of a workspace binary, building all role binaries once per test
@@ -37,7 +40,8 @@ pub fn bin(name: &str) -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "--manifest-path"]).arg(&manifest);
+        cmd.args(["build", "--quiet", "--manifest-path"])
+            .arg(&manifest);
         for package in ["msa", "mta", "mda", "mua", "correo-dns"] {
             cmd.args(["-p", package]);
         }
@@ -57,7 +61,12 @@ pub fn fresh_loopback_ip() -> Ipv4Addr {
     static USED: Mutex<Vec<Ipv4Addr>> = Mutex::new(Vec::new());
     loop {
         let mut rng = rand::thread_rng();
-        let ip = Ipv4Addr::new(127, rng.gen_range(10..250), rng.r#gen(), rng.gen_range(2..250));
+        let ip = Ipv4Addr::new(
+            127,
+            rng.gen_range(10..250),
+            rng.r#gen(),
+            rng.gen_range(2..250),
+        );
         let mut used = USED.lock().unwrap();
         if used.contains(&ip) {
             continue;
@@ -113,6 +122,28 @@ impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Connects to `addr`, from a chosen loopback source address when given
+/// (tests of per-client limits need several distinct clients).
+pub fn connect_from(
+    source: Option<Ipv4Addr>,
+    addr: SocketAddr,
+) -> std::io::Result<std::net::TcpStream> {
+    let Some(ip) = source else {
+        return std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5));
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let stream = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from((ip, 0)))?;
+        socket.connect(addr).await
+    })?;
+    let stream = stream.into_std()?;
+    stream.set_nonblocking(false)?;
+    Ok(stream)
 }
 
 /// Waits until something accepts TCP connections on `addr`.
@@ -190,7 +221,8 @@ impl Dns {
         for zone in zones {
             let path = dir.path().join(format!("{}.zone", zone.origin));
             std::fs::write(&path, &zone.text)?;
-            cmd.arg("--zone").arg(format!("{}={}", zone.origin, path.display()));
+            cmd.arg("--zone")
+                .arg(format!("{}={}", zone.origin, path.display()));
         }
         let process = Process::spawn("dns", cmd, dir.path().join("dns.log"))?;
         wait_for_port(addr, Duration::from_secs(10))?;
@@ -354,10 +386,17 @@ impl Org {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
-        child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes())?;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{password}\n").as_bytes())?;
         let out = child.wait_with_output()?;
         if !out.status.success() {
-            bail!("mda user add {address}: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "mda user add {address}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         self.passwords.push((address, password.to_string()));
         Ok(())
@@ -373,13 +412,17 @@ impl Org {
         let process = Process::spawn(role, cmd, log)?;
         self.processes.push(process);
         for port in ports {
-            wait_for_port(self.addr(*port), Duration::from_secs(20)).with_context(|| format!("{role} did not start"))?;
+            wait_for_port(self.addr(*port), Duration::from_secs(20))
+                .with_context(|| format!("{role} did not start"))?;
         }
         Ok(())
     }
 
     pub fn process(&mut self, role: &str) -> &mut Process {
-        self.processes.iter_mut().find(|p| p.name == role).expect("role running")
+        self.processes
+            .iter_mut()
+            .find(|p| p.name == role)
+            .expect("role running")
     }
 
     pub fn password(&self, address: &str) -> String {
@@ -401,7 +444,12 @@ impl Org {
     }
 
     /// Waits until `user` has at least `count` messages and returns their contents.
-    pub fn wait_for_mail(&self, user: &str, count: usize, timeout: Duration) -> Result<Vec<String>> {
+    pub fn wait_for_mail(
+        &self,
+        user: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<Vec<String>> {
         wait_until(timeout, || {
             let files = self.maildir_new(user);
             (files.len() >= count).then(|| {
@@ -411,7 +459,12 @@ impl Org {
                     .collect()
             })
         })
-        .with_context(|| format!("{user}@{} did not receive {count} message(s) within {timeout:?}", self.domain))
+        .with_context(|| {
+            format!(
+                "{user}@{} did not receive {count} message(s) within {timeout:?}",
+                self.domain
+            )
+        })
     }
 
     /// A `mua` command for `user`, with profile and password set.
@@ -419,7 +472,10 @@ impl Org {
         let mut cmd = Command::new(bin("mua"));
         cmd.arg("--profile")
             .arg(self.path(&format!("mua-{user}.toml")))
-            .env("CORREO_PASSWORD", self.password(&format!("{user}@{}", self.domain)));
+            .env(
+                "CORREO_PASSWORD",
+                self.password(&format!("{user}@{}", self.domain)),
+            );
         cmd
     }
 
@@ -466,7 +522,11 @@ impl Org {
     /// Messages in the MTA's spool (`spool/active`, without `.done` files).
     pub fn spooled(&self) -> usize {
         std::fs::read_dir(self.path("mta/spool/active"))
-            .map(|d| d.flatten().filter(|e| !e.file_name().to_string_lossy().ends_with(".done")).count())
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| !e.file_name().to_string_lossy().ends_with(".done"))
+                    .count()
+            })
             .unwrap_or(0)
     }
 
@@ -488,7 +548,9 @@ impl Org {
     }
 
     fn dump_logs(&self) {
-        let Ok(entries) = std::fs::read_dir(self.dir.path()) else { return };
+        let Ok(entries) = std::fs::read_dir(self.dir.path()) else {
+            return;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
             if path.extension().is_some_and(|e| e == "log") {

@@ -67,7 +67,8 @@ pub type Reply = (u16, String);
 impl Session {
     /// Connect, EHLO, STARTTLS, EHLO, AUTH PLAIN.
     pub fn open(s: &Submitter) -> Result<Session> {
-        let tcp = TcpStream::connect_timeout(&s.addr, Duration::from_secs(5)).with_context(|| format!("connect {}", s.addr))?;
+        let tcp = TcpStream::connect_timeout(&s.addr, Duration::from_secs(5))
+            .with_context(|| format!("connect {}", s.addr))?;
         tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
         tcp.set_write_timeout(Some(Duration::from_secs(30)))?;
         let _ = tcp.set_nodelay(true);
@@ -89,7 +90,8 @@ impl Session {
         session.stream = Some(Stream::Tls(Box::new(rustls::StreamOwned::new(conn, tcp))));
         session.buf.clear();
         session.command("EHLO load.test", 250)?;
-        let plain = base64::engine::general_purpose::STANDARD.encode(format!("\0{}\0{}", s.user, s.password));
+        let plain = base64::engine::general_purpose::STANDARD
+            .encode(format!("\0{}\0{}", s.user, s.password));
         session.command(&format!("AUTH PLAIN {plain}"), 235)?;
         Ok(session)
     }
@@ -121,7 +123,9 @@ impl Session {
             if line.len() < 3 {
                 bail!("short reply {line:?}");
             }
-            let code: u16 = line[..3].parse().with_context(|| format!("bad reply {line:?}"))?;
+            let code: u16 = line[..3]
+                .parse()
+                .with_context(|| format!("bad reply {line:?}"))?;
             text.push(line.get(4..).unwrap_or("").to_string());
             if line.as_bytes().get(3) != Some(&b'-') {
                 return Ok((code, text.join("\n")));
@@ -147,7 +151,11 @@ impl Session {
     /// (or the first refusal); Err = the connection is unusable and the
     /// outcome unknown.
     pub fn send(&mut self, token: &str) -> Result<Reply> {
-        for (line, code) in [(format!("MAIL FROM:<{}>", self.from), 250), (format!("RCPT TO:<{}>", self.to), 250), ("DATA".to_string(), 354)] {
+        for (line, code) in [
+            (format!("MAIL FROM:<{}>", self.from), 250),
+            (format!("RCPT TO:<{}>", self.to), 250),
+            ("DATA".to_string(), 354),
+        ] {
             self.io()?.write_all(format!("{line}\r\n").as_bytes())?;
             self.io()?.flush()?;
             let reply = self.read_reply()?;
@@ -187,7 +195,13 @@ pub struct LoadResult {
 /// Sends `messages` messages over `clients` concurrent sessions; each
 /// message is retried (with a fresh token) until it gets a 250 or
 /// `max_attempts` is reached.
-pub fn run_load(s: &Submitter, clients: usize, messages: usize, tag: &str, max_attempts: usize) -> LoadResult {
+pub fn run_load(
+    s: &Submitter,
+    clients: usize,
+    messages: usize,
+    tag: &str,
+    max_attempts: usize,
+) -> LoadResult {
     let mut handles = Vec::new();
     for client in 0..clients {
         let s = s.clone();
@@ -248,7 +262,9 @@ pub fn tokens_in_maildir(dir: &Path) -> BTreeMap<String, usize> {
         return counts;
     };
     for entry in entries.flatten() {
-        let Ok(text) = std::fs::read_to_string(entry.path()) else { continue };
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
         if let Some(token) = text
             .lines()
             .find_map(|l| l.strip_prefix("X-Token: "))
@@ -261,8 +277,15 @@ pub fn tokens_in_maildir(dir: &Path) -> BTreeMap<String, usize> {
 }
 
 /// Accepted tokens missing from the Maildir, and copies beyond the first.
-pub fn lost_and_duplicated(accepted: &[String], delivered: &BTreeMap<String, usize>) -> (Vec<String>, usize) {
-    let lost = accepted.iter().filter(|t| !delivered.contains_key(*t)).cloned().collect();
+pub fn lost_and_duplicated(
+    accepted: &[String],
+    delivered: &BTreeMap<String, usize>,
+) -> (Vec<String>, usize) {
+    let lost = accepted
+        .iter()
+        .filter(|t| !delivered.contains_key(*t))
+        .cloned()
+        .collect();
     let duplicated = delivered.values().map(|&n| n.saturating_sub(1)).sum();
     (lost, duplicated)
 }

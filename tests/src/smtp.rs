@@ -22,7 +22,8 @@ pub struct RawSmtp {
 impl RawSmtp {
     /// Connects and reads the greeting.
     pub fn connect(addr: SocketAddr) -> Result<(RawSmtp, Reply)> {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).with_context(|| format!("connect {addr}"))?;
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .with_context(|| format!("connect {addr}"))?;
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
         let mut smtp = RawSmtp {
             reader: BufReader::new(stream.try_clone()?),
@@ -44,7 +45,9 @@ impl RawSmtp {
             if line.len() < 3 {
                 bail!("short reply line {line:?}");
             }
-            let code: u16 = line[..3].parse().with_context(|| format!("bad reply {line:?}"))?;
+            let code: u16 = line[..3]
+                .parse()
+                .with_context(|| format!("bad reply {line:?}"))?;
             text.push(line.get(4..).unwrap_or("").to_string());
             if line.as_bytes().get(3) != Some(&b'-') {
                 return Ok(Reply {
@@ -71,7 +74,11 @@ impl RawSmtp {
     pub fn expect(&mut self, line: &str, code: u16) -> Result<Reply> {
         let reply = self.cmd(line)?;
         if reply.code != code {
-            bail!("{line:?}: expected {code}, got {} {}", reply.code, reply.text);
+            bail!(
+                "{line:?}: expected {code}, got {} {}",
+                reply.code,
+                reply.text
+            );
         }
         Ok(reply)
     }

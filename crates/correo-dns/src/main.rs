@@ -54,7 +54,9 @@ struct Args {
 fn main() -> Result<()> {
     correo_runtime::telemetry::init("dns", correo_runtime::telemetry::LogFormat::Text);
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(serve(args))
 }
 
@@ -70,8 +72,14 @@ async fn serve(args: Args) -> Result<()> {
         let config = FileConfig {
             zone_path: PathBuf::from(path),
         };
-        let handler = FileZoneHandler::try_from_config(origin.clone(), ZoneType::Primary, AxfrPolicy::Deny, None, &config)
-            .map_err(|e| anyhow::anyhow!("--zone {zone}: {e}"))?;
+        let handler = FileZoneHandler::try_from_config(
+            origin.clone(),
+            ZoneType::Primary,
+            AxfrPolicy::Deny,
+            None,
+            &config,
+        )
+        .map_err(|e| anyhow::anyhow!("--zone {zone}: {e}"))?;
         let handler = Arc::new(handler);
         catalog.upsert(LowerName::new(&origin), vec![handler.clone()]);
         handlers.push((origin.clone(), handler));
@@ -86,7 +94,12 @@ async fn serve(args: Args) -> Result<()> {
         let Some((_, handler)) = handlers.iter().find(|(origin, _)| origin.zone_of(&name)) else {
             bail!("--track {track}: {name} is in none of the zones");
         };
-        tokio::spawn(track_host(name, host.to_string(), handler.clone(), args.track_interval));
+        tokio::spawn(track_host(
+            name,
+            host.to_string(),
+            handler.clone(),
+            args.track_interval,
+        ));
     }
     let mut server = Server::new(catalog);
     let udp = tokio::net::UdpSocket::bind(args.listen)
@@ -118,7 +131,9 @@ async fn track_host(name: Name, host: String, handler: Arc<FileZoneHandler>, int
     let mut ticker = tokio::time::interval(interval);
     loop {
         ticker.tick().await;
-        let mut addrs: Vec<std::net::Ipv4Addr> = match tokio::net::lookup_host((host.as_str(), 0)).await {
+        let mut addrs: Vec<std::net::Ipv4Addr> = match tokio::net::lookup_host((host.as_str(), 0))
+            .await
+        {
             Ok(found) => found
                 .filter_map(|a| match a.ip() {
                     std::net::IpAddr::V4(ip) => Some(ip),
@@ -138,12 +153,15 @@ async fn track_host(name: Name, host: String, handler: Arc<FileZoneHandler>, int
         let serial = handler.serial().await;
         let mut set = RecordSet::new(name.clone(), RecordType::A, serial);
         for ip in &addrs {
-            set.insert(Record::from_rdata(name.clone(), TRACK_TTL, RData::A(A(*ip))), serial);
+            set.insert(
+                Record::from_rdata(name.clone(), TRACK_TTL, RData::A(A(*ip))),
+                serial,
+            );
         }
-        handler
-            .records_mut()
-            .await
-            .insert(RrKey::new(LowerName::new(&name), RecordType::A), Arc::new(set));
+        handler.records_mut().await.insert(
+            RrKey::new(LowerName::new(&name), RecordType::A),
+            Arc::new(set),
+        );
         tracing::info!(%name, host, addresses = ?addrs, "tracked A records updated");
         current = addrs;
     }

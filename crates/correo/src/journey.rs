@@ -71,7 +71,9 @@ struct Source {
 
 fn sources_from_config(path: &Path, server_name: Option<&str>) -> Result<Option<Source>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-    let table: toml::Table = text.parse().with_context(|| format!("parse {}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .with_context(|| format!("parse {}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let Some(listen) = table
         .get("grpc")
@@ -148,7 +150,9 @@ fn sources(args: &JourneyArgs) -> Result<Vec<Source>> {
     }
     for endpoint in &args.endpoints {
         let (Some(ca), Some(cert), Some(key)) = (&args.ca, &args.cert, &args.key) else {
-            bail!("--endpoint needs --ca, --cert and --key (a certificate signed by the installation's CA)");
+            bail!(
+                "--endpoint needs --ca, --cert and --key (a certificate signed by the installation's CA)"
+            );
         };
         let uri: tonic::transport::Uri = endpoint
             .parse()

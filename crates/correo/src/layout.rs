@@ -69,7 +69,8 @@ impl Role {
 
 /// Creates the CA and one certificate per role; returns how many files were new.
 pub fn ensure_certs(dir: &Path, extra_hosts: &[String]) -> Result<usize> {
-    let mut made = usize::from(correo_runtime::pki::ensure_ca(dir).context("create the private CA")?);
+    let mut made =
+        usize::from(correo_runtime::pki::ensure_ca(dir).context("create the private CA")?);
     for role in ["mda", "mta", "msa"] {
         let mut hosts: Vec<&str> = vec![role, "localhost", "127.0.0.1"];
         hosts.extend(extra_hosts.iter().map(String::as_str));
@@ -119,7 +120,9 @@ impl Stack {
 
     fn tls_section(&self, role: &str) -> String {
         let certs = self.certs.display();
-        format!("[tls]\nca = \"{certs}/ca.pem\"\ncert = \"{certs}/{role}.pem\"\nkey = \"{certs}/{role}.key\"\n")
+        format!(
+            "[tls]\nca = \"{certs}/ca.pem\"\ncert = \"{certs}/{role}.pem\"\nkey = \"{certs}/{role}.key\"\n"
+        )
     }
 
     fn mda_config(&self) -> String {

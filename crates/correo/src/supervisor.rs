@@ -26,7 +26,11 @@ pub async fn run(self_exe: &Path, stack: &Stack) -> Result<()> {
         let exe = self_exe.to_path_buf();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let (stop_tx, stop_rx) = watch::channel(false);
-        tasks.push((role, stop_tx, tokio::spawn(supervise(role, exe, config, stop_rx, ready_tx))));
+        tasks.push((
+            role,
+            stop_tx,
+            tokio::spawn(supervise(role, exe, config, stop_rx, ready_tx)),
+        ));
         match tokio::time::timeout(READY_TIMEOUT, ready_rx).await {
             Ok(Ok(())) => {}
             _ => tracing::warn!(role = role.name(), "not answering yet; continuing"),
@@ -66,10 +70,10 @@ async fn supervise(
             }
         };
         let started = std::time::Instant::now();
-        if let Some(ready) = ready.take() {
-            if wait_for_port(role.ready_port()).await {
-                let _ = ready.send(());
-            }
+        if let Some(ready) = ready.take()
+            && wait_for_port(role.ready_port()).await
+        {
+            let _ = ready.send(());
         }
         tokio::select! {
             status = child.wait() => {
@@ -130,7 +134,11 @@ async fn stop_child(role: Role, child: &mut Child) {
     match tokio::time::timeout(STOP_TIMEOUT, child.wait()).await {
         Ok(_) => eprintln!("correo: {} stopped", role.name()),
         Err(_) => {
-            eprintln!("correo: {} did not stop within {:?}; killing it", role.name(), STOP_TIMEOUT);
+            eprintln!(
+                "correo: {} did not stop within {:?}; killing it",
+                role.name(),
+                STOP_TIMEOUT
+            );
             let _ = child.kill().await;
         }
     }
@@ -139,7 +147,10 @@ async fn stop_child(role: Role, child: &mut Child) {
 async fn wait_for_port(port: u16) -> bool {
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
     while tokio::time::Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -149,14 +160,23 @@ async fn wait_for_port(port: u16) -> bool {
 
 fn print_banner(stack: &Stack) {
     let p = &PORTS;
-    println!("\nCorreo is up for {DOMAIN} (data in {})", stack.data.display());
-    println!("  submission (STARTTLS)  127.0.0.1:{}", p.submission_starttls);
+    println!(
+        "\nCorreo is up for {DOMAIN} (data in {})",
+        stack.data.display()
+    );
+    println!(
+        "  submission (STARTTLS)  127.0.0.1:{}",
+        p.submission_starttls
+    );
     println!("  submission (TLS)       127.0.0.1:{}", p.submission_tls);
     println!("  inbound SMTP           127.0.0.1:{}", p.inbound_smtp);
     println!("  mailbox API (gRPC/TLS) 127.0.0.1:{}", p.mailbox);
     println!("  MTA gRPC (mTLS)        127.0.0.1:{}", p.mta_grpc);
     println!("  MDA gRPC (mTLS)        127.0.0.1:{}", p.mda_grpc);
-    println!("  CA certificate         {}", stack.certs.join("ca.pem").display());
+    println!(
+        "  CA certificate         {}",
+        stack.certs.join("ca.pem").display()
+    );
     println!("Demo accounts ({}):", stack.demo_accounts_path().display());
     for (address, password) in stack.demo_accounts() {
         println!("  {address}  {password}");

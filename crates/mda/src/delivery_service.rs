@@ -282,14 +282,15 @@ impl DeliveryService {
         let store = self.state.store.clone();
         let (user, sender) = (user.clone(), sender.to_string());
         let started = std::time::Instant::now();
-        let result = tokio::task::spawn_blocking(move || store.deliver(&user, &sender, &user, &message))
-            .await
-            .unwrap_or_else(|join| {
-                Err(MaildirError::Io {
-                    path: Default::default(),
-                    source: std::io::Error::other(join.to_string()),
-                })
-            });
+        let result =
+            tokio::task::spawn_blocking(move || store.deliver(&user, &sender, &user, &message))
+                .await
+                .unwrap_or_else(|join| {
+                    Err(MaildirError::Io {
+                        path: Default::default(),
+                        source: std::io::Error::other(join.to_string()),
+                    })
+                });
         correo_runtime::metrics::mda_write(result.is_ok(), started.elapsed());
         result
     }

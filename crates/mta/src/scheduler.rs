@@ -472,9 +472,15 @@ async fn run_job(queue: Arc<Queue>, deliver: Arc<dyn Deliver>, job: Job) -> (boo
         // `journey_event`: these lines are the MTA's journey records too.
         for (recipient, outcome) in &outcomes {
             match outcome {
-                Outcome::Delivered(reply) => tracing::info!(%recipient, %reply, journey_event = "delivered", "delivered"),
-                Outcome::Deferred(reply) => tracing::warn!(%recipient, %reply, journey_event = "deferred", "deferred"),
-                Outcome::Failed(reply) => tracing::warn!(%recipient, %reply, journey_event = "failed", "failed"),
+                Outcome::Delivered(reply) => {
+                    tracing::info!(%recipient, %reply, journey_event = "delivered", "delivered")
+                }
+                Outcome::Deferred(reply) => {
+                    tracing::warn!(%recipient, %reply, journey_event = "deferred", "deferred")
+                }
+                Outcome::Failed(reply) => {
+                    tracing::warn!(%recipient, %reply, journey_event = "failed", "failed")
+                }
             }
         }
         let id = job.queue_id.clone();

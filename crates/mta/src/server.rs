@@ -79,7 +79,11 @@ impl Server {
             path: config.data_dir.display().to_string(),
             source,
         })?;
-        correo_runtime::journey::init("mta", &node, Some(&correo_runtime::journey::default_log(&config.data_dir)));
+        correo_runtime::journey::init(
+            "mta",
+            &node,
+            Some(&correo_runtime::journey::default_log(&config.data_dir)),
+        );
         if let Some(metrics) = correo_runtime::metrics::start(&config.metrics, "mta")
             .await
             .map_err(|source| ServerError::Bind {
