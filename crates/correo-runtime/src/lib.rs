@@ -19,6 +19,7 @@
 //! private CA unless told otherwise (the MUA-facing mailbox API, which
 //! authenticates users by password instead).
 
+pub mod cli;
 pub mod config;
 pub mod grpc;
 pub mod journey;

@@ -65,17 +65,9 @@ enum AliasCommand {
 /// Entry point of the `mda` binary and of `correo mda …`.
 pub fn cli_main(args: Vec<OsString>) -> ExitCode {
     correo_runtime::tls::install_crypto_provider();
-    let cli = match Cli::try_parse_from(args) {
+    let cli = match correo_runtime::cli::parse_args::<Cli>(args) {
         Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            // --help and --version are not failures.
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(code) => return code,
     };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

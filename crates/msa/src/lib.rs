@@ -141,16 +141,9 @@ enum Command {
 /// The `msa` command line (also `correo msa …`).
 pub fn cli_main(args: Vec<OsString>) -> ExitCode {
     correo_runtime::tls::install_crypto_provider();
-    let cli = match Cli::try_parse_from(args) {
+    let cli = match correo_runtime::cli::parse_args::<Cli>(args) {
         Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(code) => return code,
     };
     match cli_run(cli) {
         Ok(()) => ExitCode::SUCCESS,

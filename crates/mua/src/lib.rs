@@ -58,20 +58,15 @@ pub mod profile;
 pub mod render;
 pub mod submit;
 
-use clap::Parser;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 /// Entry point of the `mua` binary and of `correo mua …`.
 pub fn cli_main(args: Vec<std::ffi::OsString>) -> ExitCode {
     correo_runtime::tls::install_crypto_provider();
-    let cli = match cli::Cli::try_parse_from(args) {
+    let cli = match correo_runtime::cli::parse_args::<cli::Cli>(args) {
         Ok(cli) => cli,
-        Err(e) => {
-            // --help and --version land here too, with exit code 0.
-            let _ = e.print();
-            return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
-        }
+        Err(code) => return code,
     };
     let env: Vec<(String, String)> = std::env::vars().collect();
     // Logs only on request: a mail client's stderr is for the user.
