@@ -41,6 +41,10 @@ struct Cli {
     /// Messages deferred to a dead destination.
     #[arg(long)]
     backlog: Option<usize>,
+    /// Retry interval of the backlog (e.g. 10s puts the dead domain's retries
+    /// inside the measurement); default 1h.
+    #[arg(long)]
+    backlog_retry: Option<String>,
     /// Size of the large message in bytes.
     #[arg(long)]
     large_bytes: Option<usize>,
@@ -75,6 +79,9 @@ fn main() -> ExitCode {
     }
     if let Some(v) = cli.backlog {
         o.backlog = v;
+    }
+    if let Some(v) = cli.backlog_retry {
+        o.backlog_retry = v;
     }
     if let Some(v) = cli.large_bytes {
         o.large_bytes = v;

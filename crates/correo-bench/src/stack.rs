@@ -20,6 +20,8 @@ pub const SUBMISSION_PORT: u16 = 587;
 pub const MTA_GRPC_PORT: u16 = 7201;
 pub const MDA_GRPC_PORT: u16 = 7101;
 pub const MAILBOX_PORT: u16 = 7143;
+/// The MTA's Prometheus endpoint; the backlog section reads queue state from it.
+pub const MTA_METRICS_PORT: u16 = 7281;
 
 /// A loopback address nothing listens on yet.
 pub fn fresh_loopback_ip() -> Ipv4Addr {
@@ -166,6 +168,7 @@ impl Stack {
                 "hostname = \"mx.bench.test\"\nnode = \"mta-bench\"\ndata_dir = \"{data}\"\nlocal_domains = [\"bench.test\"]\n\
                  [smtp]\nlisten = [\"{ip}:{SMTP_PORT}\"]\nstarttls = true\n{smtp_extra}\
                  [grpc]\nlisten = \"{ip}:{MTA_GRPC_PORT}\"\n{tls}\
+                 [metrics]\nlisten = \"{ip}:{MTA_METRICS_PORT}\"\n\
                  [mda]\nendpoint = \"https://{ip}:{MDA_GRPC_PORT}\"\nserver_name = \"mda\"\n\
                  [dns]\nnameservers = [{nameservers}]\n\
                  [relay]\nport = {SMTP_PORT}\nconnect_timeout = \"5s\"\n\
@@ -234,6 +237,27 @@ impl Stack {
             }
         }
         Ok(())
+    }
+
+    /// Sums the MTA's `correo_mta_queue_recipients` gauge over the series
+    /// whose labels contain every one of `labels` (e.g. `state="deferred"`).
+    pub fn mta_queue_recipients(&self, labels: &[&str]) -> Result<u64> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect_timeout(
+            &self.addr(MTA_METRICS_PORT),
+            Duration::from_secs(5),
+        )?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: mta\r\n\r\n")?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        Ok(body
+            .lines()
+            .filter(|l| l.starts_with("correo_mta_queue_recipients{"))
+            .filter(|l| labels.iter().all(|want| l.contains(want)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|v| v as u64)
+            .sum())
     }
 
     pub fn stop_role(&mut self, role: &str) {
