@@ -171,7 +171,7 @@ impl Context<'_> {
     }
 }
 
-/// Messages above this size get a spinner while they are submitted.
+/// Messages above this size get a progress bar while they are submitted.
 const LARGE_MESSAGE: usize = 1024 * 1024;
 
 /// Runs one parsed command.
@@ -366,25 +366,33 @@ async fn send(
     let message = compose::compose(&profile.address, &draft)?;
     let password = password(profile, password_stdin, ctx)?;
 
-    // lettre writes the whole message in one call and offers no progress
-    // hook, so a byte-accurate bar is not possible; a spinner with the size
-    // shows that a large submission is alive. indicatif draws nothing when
-    // stderr is not a terminal.
-    let spinner = (message.bytes.len() > LARGE_MESSAGE).then(|| {
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_message(format!(
-            "submitting {} to {}:{}",
-            render::human_size(message.bytes.len() as u64),
-            profile.submission.host,
-            profile.submission.port()
-        ));
-        bar.enable_steady_tick(Duration::from_millis(120));
-        bar
-    });
-    let result = submit::submit(profile, &password, &message).await;
-    if let Some(bar) = spinner {
+    // The client reports every 64 KiB chunk it writes, so the bar counts
+    // the message's own bytes (sent / total, rate, ETA). indicatif draws
+    // nothing when stderr is not a terminal.
+    let result = if message.bytes.len() > LARGE_MESSAGE {
+        let bar = progress_bar(
+            message.bytes.len() as u64,
+            format!(
+                "submitting to {}:{}",
+                profile.submission.host,
+                profile.submission.port()
+            ),
+        );
+        let on_progress = {
+            let bar = bar.clone();
+            move |sent: u64, total: u64| {
+                bar.set_position(sent);
+                if sent == total {
+                    bar.set_message("sent; waiting for the server's reply");
+                }
+            }
+        };
+        let result = submit::submit_with_progress(profile, &password, &message, on_progress).await;
         bar.finish_and_clear();
-    }
+        result
+    } else {
+        submit::submit(profile, &password, &message).await
+    };
     let receipt = result?;
     match receipt.queue_id {
         Some(id) => writeln!(
@@ -400,6 +408,23 @@ async fn send(
         )?,
     }
     Ok(())
+}
+
+/// Bytes sent of the total, rate and time left.
+const BAR_TEMPLATE: &str =
+    "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}";
+
+/// A bar for a submission of `total` bytes.
+fn progress_bar(total: u64, message: String) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    let style = indicatif::ProgressStyle::with_template(BAR_TEMPLATE)
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_message(message);
+    // Redraws the rate and ETA while the server is slow to take a chunk.
+    bar.enable_steady_tick(Duration::from_millis(250));
+    bar
 }
 
 fn save_attachment(
@@ -507,6 +532,15 @@ async fn watch(
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn progress_bar_template_is_valid() {
+        assert!(indicatif::ProgressStyle::with_template(BAR_TEMPLATE).is_ok());
+        let bar = progress_bar(10, "m".into());
+        bar.set_position(10);
+        assert_eq!(bar.position(), 10);
+        bar.finish_and_clear();
+    }
 
     #[test]
     fn command_line_is_well_formed() {

@@ -34,7 +34,7 @@ impl Mailbox {
             (None, false) => (None, input.to_string()),
             _ => return Err(bad()),
         };
-        address.parse::<lettre::Address>().map_err(|_| bad())?;
+        correo_smtp::Address::parse(&address).map_err(|_| bad())?;
         Ok(Mailbox { name, address })
     }
 

@@ -1,9 +1,9 @@
 //! Finding, in a chain of library errors, the cause a user can act on.
 //!
-//! lettre and tonic both wrap the I/O or TLS failure several layers deep
-//! behind generic "connection error" / "transport error" messages; the
-//! useful part ("connection refused", "invalid peer certificate:
-//! UnknownIssuer") is at the bottom.
+//! tonic wraps the I/O or TLS failure several layers deep behind generic
+//! "transport error" messages, and tokio-rustls reports a failed handshake
+//! as an I/O error carrying the rustls error; the useful part ("connection
+//! refused", "invalid peer certificate: UnknownIssuer") is at the bottom.
 
 use std::error::Error;
 

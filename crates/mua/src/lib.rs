@@ -7,10 +7,12 @@
 //! ## DESCRIPTION
 //! The user's side of Correo. Outgoing mail is composed here
 //! ([`compose`], with mail-builder) and submitted to the MSA over SMTP
-//! submission ([`submit`], with lettre): STARTTLS on port 587 (1587 under
-//! `correo up`) or implicit TLS on 465 (1465), then AUTH PLAIN or LOGIN with
-//! the profile's address and the user's password. The server's
-//! `250 … queued as ID` reply gives the queue id that `mua send` prints.
+//! submission ([`submit`], with Correo's own small client): STARTTLS on port
+//! 587 (1587 under `correo up`) or implicit TLS on 465 (1465), then AUTH
+//! PLAIN or LOGIN with the profile's address and the user's password. The
+//! message is written in chunks, so a large one gets a byte-accurate
+//! progress bar. The server's `250 … queued as ID` reply gives the queue id
+//! that `mua send` prints.
 //! Reading goes through the MDA's Mailbox gRPC service ([`mailbox`]):
 //! list, fetch, delete and watch; messages are parsed with mail-parser and
 //! shown as text ([`render`]).
@@ -48,6 +50,7 @@
 //! - RFC 6409 (Message Submission for Mail)
 //! - RFC 3207 (SMTP STARTTLS)
 //! - RFC 8314 (implicit TLS for submission)
+//! - RFC 5321 (SMTP: dot-stuffing, replies), RFC 1870 (SIZE), RFC 6152 (8BITMIME)
 //! - RFC 4954 / 4616 (SMTP AUTH, PLAIN) and RFC 7617 (Basic credentials, on gRPC)
 
 pub mod cli;
@@ -56,6 +59,7 @@ mod errors;
 pub mod mailbox;
 pub mod profile;
 pub mod render;
+mod smtp_client;
 pub mod submit;
 
 use std::io::IsTerminal;

@@ -118,7 +118,7 @@ fn default_mailbox_server_name() -> String {
 
 impl Validate for Profile {
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.address.parse::<lettre::Address>().is_err() {
+        if correo_smtp::Address::parse(&self.address).is_err() {
             return Err(ConfigError::invalid(
                 "address",
                 format!(

@@ -1,17 +1,25 @@
-//! Message submission (RFC 6409) with lettre: STARTTLS on 587 (RFC 3207) or
-//! implicit TLS on 465 (RFC 8314), then AUTH PLAIN/LOGIN.
+//! Message submission (RFC 6409) with Correo's own client
+//! (`smtp_client`): STARTTLS on 587 (RFC 3207), required before
+//! AUTH, or implicit TLS on 465 (RFC 8314); then AUTH PLAIN, or LOGIN when
+//! PLAIN is not offered.
 //!
-//! The message goes out with `send_raw`, byte for byte as mail-builder made
-//! it, so what was composed (and tested) is what the server receives.
+//! The message goes out byte for byte as mail-builder made it (only
+//! dot-stuffed, and bare line ends made CRLF), so what was composed (and
+//! tested) is what the server receives. It is written in 64 KiB chunks and
+//! [`submit_with_progress`] reports each one, which is what `mua send`'s
+//! progress bar for large messages shows.
 //! Only the profile's CA is trusted: the system roots are left out, so a
 //! public certificate for the same name cannot stand in for Correo's MSA.
+//! Every read and write has its own 60 s timeout, so a large message on a
+//! slow link is fine; a wrong security mode (STARTTLS against an
+//! implicit-TLS port) shows up as a timeout.
 
 use crate::compose::Composed;
 use crate::errors::{NetCause, classify};
-use crate::profile::{Profile, Security};
-use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor, address::Envelope};
+use crate::profile::Profile;
+use crate::smtp_client::{self, ClientError, Progress};
+use correo_runtime::tls::TlsError;
+use rustls::pki_types::ServerName;
 use std::time::Duration;
 
 /// The submission server accepted the message.
@@ -64,76 +72,102 @@ pub enum SubmitError {
     Other { addr: String, detail: String },
 }
 
+/// Per connect, read and write; not for the whole message.
+const TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Submits `message` as the profile's user.
 pub async fn submit(
     profile: &Profile,
     password: &str,
     message: &Composed,
 ) -> Result<Receipt, SubmitError> {
-    let transport = transport(profile, password)?;
-    let envelope = envelope(message)?;
-    match transport.send_raw(&envelope, &message.bytes).await {
-        Ok(response) => {
-            let lines: Vec<&str> = response.message().collect();
+    submit_with_progress(profile, password, message, |_, _| {}).await
+}
+
+/// Like [`submit`], and calls `on_progress(sent, total)` with the octets of
+/// the message written so far: once with 0 when the message starts, then
+/// after each chunk; the last call has `sent == total` (the size of
+/// `message.bytes`). The server's final reply comes after that.
+pub async fn submit_with_progress(
+    profile: &Profile,
+    password: &str,
+    message: &Composed,
+    mut on_progress: impl FnMut(u64, u64) + Send,
+) -> Result<Receipt, SubmitError> {
+    submit_with(profile, password, message, TIMEOUT, &mut on_progress).await
+}
+
+async fn submit_with(
+    profile: &Profile,
+    password: &str,
+    message: &Composed,
+    timeout: Duration,
+    on_progress: Progress<'_>,
+) -> Result<Receipt, SubmitError> {
+    let sub = &profile.submission;
+    let tls = tls_config(profile)?;
+    let server_name =
+        ServerName::try_from(sub.server_name.clone()).map_err(|e| SubmitError::Tls {
+            addr: hop(profile),
+            server_name: sub.server_name.clone(),
+            detail: e.to_string(),
+        })?;
+    check_envelope(message)?;
+    let target = smtp_client::Target {
+        host: &sub.host,
+        port: sub.port(),
+        security: sub.security,
+        tls,
+        server_name,
+        timeout,
+    };
+    let submission = smtp_client::Submission {
+        user: &profile.address,
+        password,
+        sender: &message.sender,
+        recipients: &message.recipients,
+        message: &message.bytes,
+    };
+    match smtp_client::send(&target, &submission, on_progress).await {
+        Ok(reply) => {
+            let lines: Vec<&str> = reply.lines.iter().map(String::as_str).collect();
             Ok(Receipt {
                 queue_id: queue_id(&lines),
-                reply: format!("{} {}", response.code(), lines.join(" ")),
+                reply: reply.to_string(),
             })
         }
-        Err(e) => Err(explain(profile, &e)),
+        Err(e) => Err(explain(profile, e)),
     }
 }
 
-fn transport(
-    profile: &Profile,
-    password: &str,
-) -> Result<AsyncSmtpTransport<Tokio1Executor>, SubmitError> {
-    let sub = &profile.submission;
-    let ca_error = |detail: String| SubmitError::Ca {
+/// A rustls client configuration that trusts the profile's CA and nothing
+/// else.
+fn tls_config(profile: &Profile) -> Result<std::sync::Arc<rustls::ClientConfig>, SubmitError> {
+    correo_runtime::tls::client_config_trusting(&profile.ca).map_err(|e| SubmitError::Ca {
         path: profile.ca.display().to_string(),
-        detail,
-    };
-    let pem = std::fs::read(&profile.ca).map_err(|e| ca_error(e.to_string()))?;
-    let ca = Certificate::from_pem(&pem).map_err(|e| ca_error(e.to_string()))?;
-    let tls = TlsParameters::builder(sub.server_name.clone())
-        .certificate_store(CertificateStore::None)
-        .add_root_certificate(ca)
-        .build_rustls()
-        .map_err(|e| ca_error(e.to_string()))?;
-    let tls = match sub.security {
-        // Required, not Opportunistic: the password must never cross in clear.
-        Security::Starttls => Tls::Required(tls),
-        Security::Tls => Tls::Wrapper(tls),
-    };
-    Ok(
-        AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(sub.host.clone())
-            .port(sub.port())
-            .tls(tls)
-            .credentials(Credentials::new(
-                profile.address.clone(),
-                password.to_string(),
-            ))
-            .authentication(vec![Mechanism::Plain, Mechanism::Login])
-            // Per read/write, not for the whole message, so a large message on
-            // a slow link is fine; a wrong security mode (STARTTLS against an
-            // implicit-TLS port) shows up as this timeout.
-            .timeout(Some(Duration::from_secs(60)))
-            .build(),
-    )
+        detail: match e {
+            // The message names the path already.
+            TlsError::Read { source, .. } => source.to_string(),
+            TlsError::NoCertificate { .. } => "no PEM certificate found".to_string(),
+            e => e.to_string(),
+        },
+    })
 }
 
-fn envelope(message: &Composed) -> Result<Envelope, SubmitError> {
-    let parse = |a: &str| {
-        a.parse::<lettre::Address>()
-            .map_err(|e| SubmitError::Envelope(format!("{a}: {e}")))
-    };
-    let to = message
-        .recipients
-        .iter()
-        .map(|r| parse(r))
-        .collect::<Result<Vec<_>, _>>()?;
-    Envelope::new(Some(parse(&message.sender)?), to)
-        .map_err(|e| SubmitError::Envelope(e.to_string()))
+/// The envelope goes into command lines as it is, so every address must be
+/// a plain SMTP mailbox (no spaces, controls or angle brackets).
+fn check_envelope(message: &Composed) -> Result<(), SubmitError> {
+    if message.recipients.is_empty() {
+        return Err(SubmitError::Envelope("no recipients".into()));
+    }
+    for a in std::iter::once(&message.sender).chain(&message.recipients) {
+        correo_smtp::Address::parse(a).map_err(|e| SubmitError::Envelope(format!("{a}: {e}")))?;
+    }
+    Ok(())
+}
+
+fn hop(profile: &Profile) -> String {
+    format!("{}:{}", profile.submission.host, profile.submission.port())
 }
 
 /// Finds `ID` in a reply like `250 2.0.0 Ok: queued as 0123456789abcdef`.
@@ -151,46 +185,68 @@ pub fn queue_id(lines: &[&str]) -> Option<String> {
     })
 }
 
-/// Turns lettre's error into one that names the hop and the fix.
-fn explain(profile: &Profile, e: &lettre::transport::smtp::Error) -> SubmitError {
+/// Turns the client's error into one that names the hop and the fix.
+fn explain(profile: &Profile, e: ClientError) -> SubmitError {
     let sub = &profile.submission;
-    let addr = format!("{}:{}", sub.host, sub.port());
-    let detail = e.to_string();
-    if let Some(code) = e.status() {
-        let code = code.to_string();
-        // The reply text is in the error's source; strip lettre's prefix.
-        let text = std::error::Error::source(e)
-            .map(|s| s.to_string())
-            .unwrap_or_default();
-        return match code.as_str() {
-            "535" | "534" | "530" | "538" => SubmitError::Auth {
-                address: profile.address.clone(),
-                detail: format!("{code} {text}"),
+    let addr = hop(profile);
+    let tls = |detail: String| SubmitError::Tls {
+        addr: addr.clone(),
+        server_name: sub.server_name.clone(),
+        detail,
+    };
+    match e {
+        ClientError::Connect(io) => match classify(&io) {
+            NetCause::Timeout => SubmitError::Timeout { addr },
+            _ => SubmitError::Connect {
+                addr,
+                detail: io.to_string(),
             },
-            _ if e.is_transient() => SubmitError::Deferred { code, detail: text },
-            _ => SubmitError::Rejected { code, detail: text },
-        };
-    }
-    if e.is_timeout() {
-        return SubmitError::Timeout { addr };
-    }
-    if detail.contains("No compatible authentication mechanism") {
-        return SubmitError::NoAuth { detail };
-    }
-    match classify(e) {
-        NetCause::Tls(detail) => SubmitError::Tls {
-            addr,
-            server_name: sub.server_name.clone(),
-            detail,
         },
-        NetCause::Unreachable(detail) => SubmitError::Connect { addr, detail },
-        NetCause::Timeout => SubmitError::Timeout { addr },
-        NetCause::Other if e.is_tls() => SubmitError::Tls {
-            addr,
-            server_name: sub.server_name.clone(),
-            detail,
+        ClientError::Handshake(io) => match classify(&io) {
+            NetCause::Tls(detail) => tls(detail),
+            NetCause::Timeout => SubmitError::Timeout { addr },
+            _ => tls(io.to_string()),
         },
-        NetCause::Other => SubmitError::Other { addr, detail },
+        ClientError::Timeout { .. } => SubmitError::Timeout { addr },
+        ClientError::Io { ref source, .. } => match classify(source) {
+            NetCause::Tls(detail) => tls(detail),
+            NetCause::Timeout => SubmitError::Timeout { addr },
+            _ => SubmitError::Other {
+                addr,
+                detail: e.to_string(),
+            },
+        },
+        ClientError::Closed { .. } | ClientError::Protocol { .. } => SubmitError::Other {
+            addr,
+            detail: e.to_string(),
+        },
+        ClientError::NoStarttls | ClientError::StarttlsRefused(_) => tls(e.to_string()),
+        ClientError::NoAuth { .. } => SubmitError::NoAuth {
+            detail: e.to_string(),
+        },
+        ClientError::Refused {
+            reply, recipient, ..
+        } => {
+            let code = reply.code.to_string();
+            if matches!(reply.code, 535 | 534 | 530 | 538) {
+                return SubmitError::Auth {
+                    address: profile.address.clone(),
+                    detail: reply.to_string(),
+                };
+            }
+            let mut detail = match &reply.enhanced {
+                Some(enhanced) => format!("{enhanced} {}", reply.text()),
+                None => reply.text(),
+            };
+            if let Some(recipient) = recipient {
+                detail.push_str(&format!(" (recipient {recipient})"));
+            }
+            if reply.is_transient() {
+                SubmitError::Deferred { code, detail }
+            } else {
+                SubmitError::Rejected { code, detail }
+            }
+        }
     }
 }
 
@@ -244,5 +300,455 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
         assert!(text.contains("correo up"), "{text}");
+    }
+
+    use crate::profile::{Security, Submission};
+    use correo_smtp::reader::dot_stuff;
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// How the test server behaves.
+    #[derive(Clone)]
+    struct Script {
+        implicit_tls: bool,
+        offer_starttls: bool,
+        /// After `AUTH`, once in TLS.
+        auth: &'static str,
+        /// (recipient, reply) for a refused RCPT TO.
+        refuse: Option<(&'static str, &'static str)>,
+    }
+
+    impl Default for Script {
+        fn default() -> Self {
+            Script {
+                implicit_tls: false,
+                offer_starttls: true,
+                auth: "PLAIN LOGIN",
+                refuse: None,
+            }
+        }
+    }
+
+    /// What the test server saw.
+    #[derive(Debug, Default)]
+    struct Seen {
+        /// Command lines, each marked with whether it came inside TLS.
+        commands: Vec<(bool, String)>,
+        /// The raw bytes after DATA's 354, up to and including `.` CRLF.
+        data: Vec<u8>,
+    }
+
+    impl Seen {
+        fn saw(&self, prefix: &str) -> bool {
+            self.commands.iter().any(|(_, c)| c.starts_with(prefix))
+        }
+    }
+
+    /// A tiny submission server on loopback for one connection, with a
+    /// certificate for `localhost` from a fresh private CA.
+    struct TestServer {
+        dir: tempfile::TempDir,
+        port: u16,
+        seen: Arc<Mutex<Seen>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl TestServer {
+        async fn start(script: Script) -> TestServer {
+            correo_runtime::tls::install_crypto_provider();
+            let dir = tempfile::tempdir().unwrap();
+            correo_runtime::pki::ensure_ca(dir.path()).unwrap();
+            correo_runtime::pki::ensure_leaf(dir.path(), "msa", &["localhost", "127.0.0.1"])
+                .unwrap();
+            let files = correo_runtime::tls::TlsFiles::in_dir(dir.path(), "msa");
+            let config = correo_runtime::tls::smtp_server_config(&files.cert, &files.key).unwrap();
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let seen = Arc::new(Mutex::new(Seen::default()));
+            let log = seen.clone();
+            let task = tokio::spawn(async move {
+                let (mut tcp, _) = listener.accept().await.unwrap();
+                if script.implicit_tls {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    tls.write_all(b"220 test ESMTP\r\n").await.unwrap();
+                    converse(&mut tls, &script, true, &log).await;
+                    return;
+                }
+                tcp.write_all(b"220 test ESMTP\r\n").await.unwrap();
+                if converse(&mut tcp, &script, false, &log).await {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    converse(&mut tls, &script, true, &log).await;
+                }
+            });
+            TestServer {
+                dir,
+                port,
+                seen,
+                task,
+            }
+        }
+
+        fn profile(&self, security: Security) -> Profile {
+            Profile {
+                address: "alice@example.test".into(),
+                ca: self.dir.path().join("ca.pem"),
+                submission: Submission {
+                    host: "127.0.0.1".into(),
+                    port: Some(self.port),
+                    security,
+                    server_name: "localhost".into(),
+                },
+                mailbox: Default::default(),
+            }
+        }
+
+        /// Waits for the session to end and returns what the server saw.
+        async fn seen(self) -> Seen {
+            self.task.await.unwrap();
+            std::mem::take(&mut *self.seen.lock().unwrap())
+        }
+    }
+
+    /// Runs commands until QUIT (false) or STARTTLS (true), or until the
+    /// client goes away (false).
+    async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
+        s: &mut S,
+        script: &Script,
+        secure: bool,
+        log: &Mutex<Seen>,
+    ) -> bool {
+        let mut buf = Vec::new();
+        while let Some(line) = read_line(s, &mut buf).await {
+            log.lock().unwrap().commands.push((secure, line.clone()));
+            let upper = line.to_ascii_uppercase();
+            let reply = if upper.starts_with("EHLO ") {
+                let mut lines = vec!["250-test".to_string(), "250-SIZE 100000000".into()];
+                lines.push("250-8BITMIME".into());
+                if !secure && script.offer_starttls {
+                    lines.push("250-STARTTLS".into());
+                }
+                if secure {
+                    lines.push(format!("250-AUTH {}", script.auth));
+                }
+                lines.push("250 ENHANCEDSTATUSCODES".into());
+                lines.join("\r\n")
+            } else if upper == "STARTTLS" {
+                s.write_all(b"220 2.0.0 go ahead\r\n").await.unwrap();
+                return true;
+            } else if let Some(response) = line.strip_prefix("AUTH PLAIN ") {
+                use base64::Engine as _;
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(response)
+                    .unwrap();
+                if decoded == b"\0alice@example.test\0pw" {
+                    "235 2.7.0 ok".into()
+                } else {
+                    "535 5.7.8 authentication failed".into()
+                }
+            } else if upper == "AUTH LOGIN" {
+                s.write_all(b"334 VXNlcm5hbWU6\r\n").await.unwrap();
+                let _user = read_line(s, &mut buf).await;
+                s.write_all(b"334 UGFzc3dvcmQ6\r\n").await.unwrap();
+                match read_line(s, &mut buf).await.as_deref() {
+                    Some("cHc=") => "235 2.7.0 ok".into(),
+                    _ => "535 5.7.8 authentication failed".into(),
+                }
+            } else if upper.starts_with("MAIL FROM:") {
+                "250 2.1.0 ok".into()
+            } else if let Some(to) = upper.strip_prefix("RCPT TO:") {
+                match script.refuse {
+                    Some((who, reply)) if to.contains(&who.to_ascii_uppercase()) => reply.into(),
+                    _ => "250 2.1.5 ok".into(),
+                }
+            } else if upper == "DATA" {
+                s.write_all(b"354 go ahead\r\n").await.unwrap();
+                let Some(data) = read_until(s, &mut buf, b"\r\n.\r\n").await else {
+                    return false;
+                };
+                log.lock().unwrap().data = data;
+                "250-2.0.0 ok\r\n250 2.0.0 queued as ABC123".into()
+            } else if upper == "QUIT" {
+                s.write_all(b"221 2.0.0 bye\r\n").await.unwrap();
+                return false;
+            } else {
+                "500 5.5.2 what?".into()
+            };
+            s.write_all(format!("{reply}\r\n").as_bytes())
+                .await
+                .unwrap();
+        }
+        false
+    }
+
+    async fn read_line<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> Option<String> {
+        let line = read_until(s, buf, b"\r\n").await?;
+        Some(String::from_utf8(line[..line.len() - 2].to_vec()).unwrap())
+    }
+
+    /// Reads up to and including `end`; `None` if the client went away.
+    async fn read_until<S: AsyncRead + Unpin>(
+        s: &mut S,
+        buf: &mut Vec<u8>,
+        end: &[u8],
+    ) -> Option<Vec<u8>> {
+        loop {
+            if let Some(at) = buf.windows(end.len()).position(|w| w == end) {
+                return Some(buf.drain(..at + end.len()).collect());
+            }
+            let mut chunk = [0u8; 16384];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// A message of several chunks with what stuffing must handle: dot
+    /// lines (one right at a chunk boundary), a bare LF, 8-bit text and no
+    /// final line end.
+    fn big_message(recipients: &[&str]) -> Composed {
+        let mut bytes = b"From: alice@example.test\r\nSubject: big\r\n\r\n".to_vec();
+        while bytes.len() < smtp_client::CHUNK - 3 {
+            bytes.extend_from_slice(b"0123456789abcdef0123456789abcdef0123456789abcdef\r\n");
+        }
+        bytes.truncate(smtp_client::CHUNK - 2);
+        bytes.extend_from_slice(b"\r\n.first line of chunk two\r\n");
+        for i in 0..3000 {
+            bytes.extend_from_slice(format!(".line {i} caf\u{e9}\n").as_bytes());
+        }
+        bytes.extend_from_slice(b".\r\nthe end");
+        Composed {
+            sender: "alice@example.test".into(),
+            recipients: recipients.iter().map(|r| r.to_string()).collect(),
+            message_id: "<x@example.test>".into(),
+            bytes,
+        }
+    }
+
+    #[tokio::test]
+    async fn starttls_submission_sends_the_stuffed_message_with_progress() {
+        let server = TestServer::start(Script::default()).await;
+        let profile = server.profile(Security::Starttls);
+        let message = big_message(&["bob@example.test", "carol@example.test"]);
+        assert_eq!(message.bytes[smtp_client::CHUNK], b'.');
+        let mut reports = Vec::new();
+        let receipt = submit_with_progress(&profile, "pw", &message, |sent, total| {
+            reports.push((sent, total))
+        })
+        .await
+        .unwrap();
+        assert_eq!(receipt.queue_id.as_deref(), Some("ABC123"));
+        assert_eq!(receipt.reply, "250 2.0.0 ok queued as ABC123");
+
+        let total = message.bytes.len() as u64;
+        assert!(reports.len() >= 3, "{reports:?}");
+        assert!(reports.iter().all(|&(_, t)| t == total));
+        assert!(reports.windows(2).all(|w| w[0].0 <= w[1].0), "{reports:?}");
+        assert_eq!(reports.first(), Some(&(0, total)));
+        assert_eq!(reports.last(), Some(&(total, total)));
+
+        let seen = server.seen().await;
+        assert_eq!(seen.data, dot_stuff(&message.bytes));
+        let commands: Vec<&str> = seen.commands.iter().map(|(_, c)| c.as_str()).collect();
+        assert_eq!(commands[0], "EHLO [127.0.0.1]");
+        assert_eq!(commands[1], "STARTTLS");
+        // Nothing but EHLO and STARTTLS in clear.
+        assert!(
+            seen.commands[2..].iter().all(|(tls, _)| *tls),
+            "{commands:?}"
+        );
+        assert!(commands[3].starts_with("AUTH PLAIN "), "{commands:?}");
+        assert!(!seen.saw("AUTH LOGIN"));
+        assert_eq!(
+            commands[4],
+            format!("MAIL FROM:<alice@example.test> SIZE={total} BODY=8BITMIME")
+        );
+        assert_eq!(
+            &commands[5..],
+            [
+                "RCPT TO:<bob@example.test>",
+                "RCPT TO:<carol@example.test>",
+                "DATA",
+                "QUIT"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn implicit_tls_submission() {
+        let server = TestServer::start(Script {
+            implicit_tls: true,
+            ..Default::default()
+        })
+        .await;
+        let profile = server.profile(Security::Tls);
+        let message = big_message(&["bob@example.test"]);
+        let receipt = submit(&profile, "pw", &message).await.unwrap();
+        assert_eq!(receipt.queue_id.as_deref(), Some("ABC123"));
+        let seen = server.seen().await;
+        assert!(seen.commands.iter().all(|(tls, _)| *tls));
+        assert!(seen.saw("AUTH PLAIN "));
+        assert_eq!(seen.data, dot_stuff(&message.bytes));
+    }
+
+    #[tokio::test]
+    async fn refused_recipient_is_rejected_and_named() {
+        let server = TestServer::start(Script {
+            refuse: Some(("carol@example.test", "550 5.1.1 no such user")),
+            ..Default::default()
+        })
+        .await;
+        let profile = server.profile(Security::Starttls);
+        let message = big_message(&["bob@example.test", "carol@example.test"]);
+        let err = submit(&profile, "pw", &message).await.unwrap_err();
+        let SubmitError::Rejected { code, detail } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(code, "550");
+        assert!(detail.contains("5.1.1 no such user"), "{detail}");
+        assert!(detail.contains("carol@example.test"), "{detail}");
+        let seen = server.seen().await;
+        assert!(!seen.saw("DATA") && seen.saw("QUIT"));
+    }
+
+    #[tokio::test]
+    async fn transient_refusal_is_deferred() {
+        let server = TestServer::start(Script {
+            refuse: Some(("bob@example.test", "451 4.3.0 try again later")),
+            ..Default::default()
+        })
+        .await;
+        let profile = server.profile(Security::Starttls);
+        let err = submit(&profile, "pw", &big_message(&["bob@example.test"]))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, SubmitError::Deferred { code, .. } if code == "451"),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("try again later"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn no_starttls_means_no_password() {
+        let server = TestServer::start(Script {
+            offer_starttls: false,
+            ..Default::default()
+        })
+        .await;
+        let profile = server.profile(Security::Starttls);
+        let err = submit(&profile, "pw", &big_message(&["bob@example.test"]))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SubmitError::Tls { .. }), "{err:?}");
+        assert!(err.to_string().contains("STARTTLS"), "{err}");
+        let seen = server.seen().await;
+        assert!(!seen.saw("AUTH") && !seen.saw("STARTTLS"), "{seen:?}");
+    }
+
+    #[tokio::test]
+    async fn login_when_plain_is_not_offered_and_a_wrong_password() {
+        let server = TestServer::start(Script {
+            auth: "LOGIN",
+            ..Default::default()
+        })
+        .await;
+        let profile = server.profile(Security::Starttls);
+        let err = submit(&profile, "wrong", &big_message(&["bob@example.test"]))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SubmitError::Auth { .. }), "{err:?}");
+        assert!(err.to_string().contains("535 5.7.8"), "{err}");
+        let seen = server.seen().await;
+        assert!(seen.saw("AUTH LOGIN") && !seen.saw("MAIL"));
+    }
+
+    #[tokio::test]
+    async fn no_plain_or_login_is_no_auth() {
+        let server = TestServer::start(Script {
+            auth: "SCRAM-SHA-256",
+            ..Default::default()
+        })
+        .await;
+        let profile = server.profile(Security::Starttls);
+        let err = submit(&profile, "pw", &big_message(&["bob@example.test"]))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SubmitError::NoAuth { .. }), "{err:?}");
+        assert!(err.to_string().contains("SCRAM-SHA-256"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn wrong_server_name_is_a_tls_error_naming_it() {
+        let server = TestServer::start(Script {
+            implicit_tls: true,
+            ..Default::default()
+        })
+        .await;
+        let mut profile = server.profile(Security::Tls);
+        profile.submission.server_name = "other.test".into();
+        let err = submit(&profile, "pw", &big_message(&["bob@example.test"]))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SubmitError::Tls { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains("\"other.test\""), "{text}");
+        assert!(text.contains("invalid peer certificate"), "{text}");
+    }
+
+    /// STARTTLS against a server that waits for a TLS ClientHello: nobody
+    /// speaks first, which is a timeout.
+    #[tokio::test]
+    async fn silent_server_is_a_timeout() {
+        correo_runtime::tls::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        correo_runtime::pki::ensure_ca(dir.path()).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let _server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(tcp);
+        });
+        let profile = Profile {
+            address: "alice@example.test".into(),
+            ca: dir.path().join("ca.pem"),
+            submission: Submission {
+                port: Some(port),
+                ..Default::default()
+            },
+            mailbox: Default::default(),
+        };
+        let message = big_message(&["bob@example.test"]);
+        let err = submit_with(
+            &profile,
+            "pw",
+            &message,
+            Duration::from_millis(200),
+            &mut |_, _| {},
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, SubmitError::Timeout { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn missing_ca_file() {
+        let profile = Profile {
+            address: "alice@example.test".into(),
+            ca: "/nonexistent/ca.pem".into(),
+            submission: Default::default(),
+            mailbox: Default::default(),
+        };
+        let err = submit(&profile, "pw", &big_message(&["bob@example.test"]))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SubmitError::Ca { .. }), "{err:?}");
     }
 }
