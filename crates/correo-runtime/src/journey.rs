@@ -337,7 +337,8 @@ impl EventVisitor<'_> {
 
 /// The layer that turns log lines with a `journey_event` field into
 /// [`Event`]s. Installed by [`crate::telemetry::init`], beside (not under)
-/// the log level filter.
+/// the log level filter, and seeing INFO and above: journey events (and
+/// the spans that carry their `journey`/`queue_id`) must be INFO or WARN.
 pub struct JourneyLayer;
 
 /// See [`JourneyLayer`].

@@ -6,7 +6,8 @@
 //! gRPC links between roles ([`tls`], [`pki`]), gRPC health and reflection
 //! ([`grpc`]), signal handling ([`shutdown`]), Prometheus metrics
 //! ([`metrics`], `docs/METRICS.md`) and the journey records of each message
-//! ([`journey`], `docs/JOURNEY.md`).
+//! ([`journey`], `docs/JOURNEY.md`), and files that appear only complete
+//! and fsynced ([`durable`]).
 //!
 //! It knows no role's policy (the metric and journey names are the only
 //! place it speaks of SMTP, queues and Maildirs); roles and `correo-smtp`
@@ -21,6 +22,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod durable;
 pub mod grpc;
 pub mod journey;
 pub mod metrics;

@@ -42,7 +42,11 @@ pub fn init(role: &str, format: LogFormat) {
     };
     let result = tracing_subscriber::registry()
         .with(output.with_filter(filter))
-        .with(crate::journey::layer())
+        // INFO and above only: journey events and their spans are never
+        // below INFO, and an unfiltered layer would make every TRACE and
+        // DEBUG event of every dependency (h2, rustls, sled, via `log`)
+        // reach the subscriber — that cost several percent of the MTA's CPU.
+        .with(crate::journey::layer().with_filter(tracing_subscriber::filter::LevelFilter::INFO))
         .try_init();
     if result.is_ok() {
         tracing::debug!(role, "telemetry initialised");

@@ -1,9 +1,14 @@
 //! Maildir storage: `<data_dir>/mail/<domain>/<user>/Maildir/{tmp,new,cur}`.
 //!
 //! Delivery follows the Maildir protocol (D. J. Bernstein, "Using maildir
-//! format"): write the message to `tmp/<unique>`, fsync it, rename it into
-//! `new/`, fsync `new/`. A reader therefore never sees a partial message, and
-//! once [`MailStore::deliver`] returns the message survives a crash.
+//! format"): the message is complete and fsynced before it has a name in
+//! `new/`, then `new/` is fsynced. On Linux the file is written as an
+//! anonymous `O_TMPFILE` file and linked into `new/` (it never appears in
+//! `tmp/`); elsewhere it goes to `tmp/<unique>` and is linked into `new/`
+//! (see `correo_runtime::durable`). Concurrent deliveries share one fsync
+//! of `new/` (group commit). A reader therefore never sees a partial
+//! message, and once [`MailStore::deliver`] returns the message survives a
+//! crash.
 //!
 //! Unique names are `<secs>.M<micros>P<pid>Q<counter>.<host>,S=<size>`; they
 //! double as the message ids of the mailbox API. Every path here is built
@@ -14,7 +19,7 @@
 
 use crate::address::Address;
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -88,6 +93,9 @@ pub struct Delivered {
 pub struct MailStore {
     root: PathBuf,
     host: String,
+    /// Maildirs known to exist, so a delivery does not stat three
+    /// directories first (forgotten if a delivery finds one gone).
+    known: std::sync::Arc<parking_lot::Mutex<std::collections::HashSet<PathBuf>>>,
 }
 
 impl MailStore {
@@ -96,6 +104,7 @@ impl MailStore {
         MailStore {
             root: data_dir.join("mail"),
             host: maildir_host(hostname),
+            known: Default::default(),
         }
     }
 
@@ -111,7 +120,11 @@ impl MailStore {
     /// a crash cannot lose a mailbox that already acknowledged mail.
     fn ensure_maildir(&self, user: &Address) -> Result<PathBuf, MaildirError> {
         let maildir = self.maildir(user);
+        if self.known.lock().contains(&maildir) {
+            return Ok(maildir);
+        }
         if SUBDIRS.iter().all(|d| maildir.join(d).is_dir()) {
+            self.known.lock().insert(maildir.clone());
             return Ok(maildir);
         }
         let chain = [
@@ -132,6 +145,7 @@ impl MailStore {
         if let Some(parent) = self.root.parent() {
             sync_dir(parent)?;
         }
+        self.known.lock().insert(maildir.clone());
         Ok(maildir)
     }
 
@@ -147,22 +161,22 @@ impl MailStore {
         let maildir = self.ensure_maildir(user)?;
         let prefix = format!("Return-Path: <{sender}>\r\nDelivered-To: {rcpt}\r\n");
         let size = (prefix.len() + message.len()) as u64;
-        let (mut file, tmp, id, delivered_at) = self.create_tmp(&maildir, size)?;
-        let written = file
-            .write_all(prefix.as_bytes())
-            .and_then(|()| file.write_all(message))
-            .and_then(|()| file.sync_all());
-        drop(file);
-        let new = maildir.join("new").join(&id);
-        let moved = written
-            .map_err(io_err(&tmp))
-            .and_then(|()| std::fs::rename(&tmp, &new).map_err(io_err(&new)))
-            .and_then(|()| sync_dir(&maildir.join("new")));
-        if let Err(e) = moved {
-            // Leave no half-written file behind in tmp/.
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
+        let write = |file: &mut std::fs::File| {
+            file.write_all(prefix.as_bytes())?;
+            file.write_all(message)
+        };
+        let (new, id, delivered_at) = match self.write_new(&maildir, size, write) {
+            // The Maildir was removed since we last saw it: make it again.
+            Err(MaildirError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                self.known.lock().remove(&maildir);
+                let maildir = self.ensure_maildir(user)?;
+                self.write_new(&maildir, size, write)?
+            }
+            other => other?,
+        };
+        sync_new_dir(&maildir.join("new"))?;
         let mut header = prefix.into_bytes();
         header.extend_from_slice(header_part(message));
         Ok(Delivered {
@@ -171,11 +185,16 @@ impl MailStore {
         })
     }
 
-    fn create_tmp(
+    /// Writes a new file into `new/` under a fresh unique name: complete
+    /// and fsynced before the name exists ([`correo_runtime::durable`]: an
+    /// anonymous file linked into `new/`, or `tmp/` then link, as Maildir
+    /// prescribes). Returns its path, id and delivery time.
+    fn write_new(
         &self,
         maildir: &Path,
         size: u64,
-    ) -> Result<(std::fs::File, PathBuf, String, i64), MaildirError> {
+        mut write: impl FnMut(&mut std::fs::File) -> std::io::Result<()>,
+    ) -> Result<(PathBuf, String, i64), MaildirError> {
         loop {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -190,17 +209,13 @@ impl MailStore {
                 self.host,
                 size
             );
+            let new = maildir.join("new").join(&id);
             let tmp = maildir.join("tmp").join(&id);
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-            {
-                Ok(file) => return Ok((file, tmp, id, now.as_secs() as i64)),
+            match correo_runtime::durable::create_new_durable(&new, &tmp, 0o600, &mut write) {
+                Ok(()) => return Ok((new, id, now.as_secs() as i64)),
                 // A leftover from another process with a recycled pid: pick another name.
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(io_err(&tmp)(e)),
+                Err(e) => return Err(io_err(&new)(e)),
             }
         }
     }
@@ -374,6 +389,25 @@ fn mtime_secs(meta: &std::fs::Metadata) -> i64 {
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Fsyncs a Maildir's `new/` through the process's group-commit syncer, so
+/// that concurrent deliveries share one directory fsync; directly if the
+/// syncer thread could not be started.
+fn sync_new_dir(dir: &Path) -> Result<(), MaildirError> {
+    static SYNCER: std::sync::OnceLock<Option<correo_runtime::durable::DirSyncer>> =
+        std::sync::OnceLock::new();
+    let syncer = SYNCER.get_or_init(|| {
+        correo_runtime::durable::DirSyncer::start("maildir-dirsync")
+            .inspect_err(
+                |e| tracing::warn!(error = %e, "no group-commit syncer; fsyncing new/ per message"),
+            )
+            .ok()
+    });
+    match syncer {
+        Some(syncer) => syncer.sync_blocking(dir).map_err(io_err(dir)),
+        None => sync_dir(dir),
+    }
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), MaildirError> {

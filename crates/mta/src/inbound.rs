@@ -294,7 +294,10 @@ mod tests {
         probe.0.store(2_000_000, Ordering::SeqCst);
         h.mail(&info(), &sender).await.unwrap();
 
-        // The spool write fails (its tmp directory is gone): 451 4.3.0, nothing queued.
+        // The spool write fails (its directories are gone): 451 4.3.0, nothing queued.
+        let active = dir.path().join("spool/active");
+        let aside = dir.path().join("spool/active.aside");
+        std::fs::rename(&active, &aside).unwrap();
         std::fs::remove_dir_all(dir.path().join("spool/tmp")).unwrap();
         let mut env = envelope();
         env.recipients
@@ -308,6 +311,7 @@ mod tests {
         );
         assert!(queue.list().unwrap().is_empty());
         // Once the disk is back, mail is accepted again.
+        std::fs::rename(&aside, &active).unwrap();
         std::fs::create_dir_all(dir.path().join("spool/tmp")).unwrap();
         let reply = h
             .data(&info(), &env, b"Subject: x\r\n\r\ny\r\n".to_vec())

@@ -115,29 +115,48 @@ impl Default for QueueOptions {
     }
 }
 
-/// Messages by (due time, queue id), and each message's current key.
+/// Messages by (due time, queue id), and each message's current key and
+/// the destination domains of its open recipients (so the scheduler can
+/// pass over a message whose destinations are all busy without reading
+/// the index).
 #[derive(Default)]
 struct Schedule {
     by_time: BTreeSet<(i64, String)>,
-    by_id: HashMap<String, i64>,
+    by_id: HashMap<String, (i64, Arc<[String]>)>,
 }
 
 impl Schedule {
-    fn set(&mut self, id: &str, due: Option<i64>) {
-        if let Some(old) = self.by_id.remove(id) {
+    fn set(&mut self, id: &str, due: Option<(i64, Arc<[String]>)>) {
+        if let Some((old, _)) = self.by_id.remove(id) {
             self.by_time.remove(&(old, id.to_string()));
         }
-        if let Some(due) = due {
-            self.by_id.insert(id.to_string(), due);
+        if let Some((due, domains)) = due {
             self.by_time.insert((due, id.to_string()));
+            self.by_id.insert(id.to_string(), (due, domains));
         }
     }
 
     /// Ids due at `now`, earliest first.
     fn due(&self, now: i64) -> Vec<String> {
+        self.due_where(now, |_, _| true)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// Ids due at `now`, with their open domains, for which `keep(id,
+    /// domains)` holds; earliest first.
+    fn due_where(
+        &self,
+        now: i64,
+        mut keep: impl FnMut(&str, &[String]) -> bool,
+    ) -> Vec<(String, Arc<[String]>)> {
         self.by_time
             .range(..(now.saturating_add(1), String::new()))
-            .map(|(_, id)| id.clone())
+            .filter_map(|(_, id)| {
+                let (_, domains) = self.by_id.get(id)?;
+                keep(id, domains).then(|| (id.clone(), domains.clone()))
+            })
             .collect()
     }
 
@@ -147,6 +166,20 @@ impl Schedule {
             .next()
             .map(|(t, _)| *t)
     }
+}
+
+/// The schedule key of an entry: its due time and open domains.
+fn schedule_key(entry: &MessageEntry) -> Option<(i64, Arc<[String]>)> {
+    let due = entry.due_at()?;
+    let mut domains: Vec<String> = entry
+        .recipients
+        .iter()
+        .filter(|r| !r.status.is_final())
+        .map(|r| r.domain())
+        .collect();
+    domains.sort();
+    domains.dedup();
+    Some((due, domains.into()))
 }
 
 /// Spool + index + the scheduler's wake-up.
@@ -278,7 +311,9 @@ impl Queue {
     fn put(&self, entry: &MessageEntry) -> Result<(), IndexError> {
         self.index.put(entry)?;
         self.dirty.store(true, Ordering::SeqCst);
-        self.schedule.lock().set(&entry.queue_id, entry.due_at());
+        self.schedule
+            .lock()
+            .set(&entry.queue_id, schedule_key(entry));
         Ok(())
     }
 
@@ -353,6 +388,17 @@ impl Queue {
     /// earliest first — from the schedule, without reading the index.
     pub fn due_ids(&self, now: i64) -> Vec<String> {
         self.schedule.lock().due(now)
+    }
+
+    /// [`Queue::due_ids`] with each message's open destination domains,
+    /// filtered by `keep(id, domains)`, still without reading the index.
+    /// `keep` runs under the schedule's lock: it must not call the queue.
+    pub fn due_ids_where(
+        &self,
+        now: i64,
+        keep: impl FnMut(&str, &[String]) -> bool,
+    ) -> Vec<(String, Arc<[String]>)> {
+        self.schedule.lock().due_where(now, keep)
     }
 
     /// The earliest due time after `now` of any queued, unheld message.

@@ -265,10 +265,42 @@ impl Scheduler {
         let now = now_secs();
         let instant = Instant::now();
         self.cooldown.lock().retain(|_, until| *until > instant);
-        // Only due messages are read (the queue's time-ordered schedule).
-        for id in self.queue.due_ids(now) {
+        // Only due messages are read (the queue's time-ordered schedule),
+        // and of those only the ones with a destination that could start
+        // now: a message whose every open domain is in flight for it, cooling
+        // down, or at its per-destination limit is passed over without
+        // reading the index. Without this, every wake-up (one per enqueue and
+        // per finished job) re-read every queued message during a burst.
+        let blocked: HashSet<(String, String)> = {
+            let in_flight = self.in_flight.lock();
+            let cooldown = self.cooldown.lock();
+            in_flight
+                .iter()
+                .chain(cooldown.keys())
+                .map(|(id, domain)| (id.to_string(), domain.clone()))
+                .collect()
+        };
+        let mut full: HashSet<String> = self
+            .per_domain
+            .lock()
+            .iter()
+            .filter(|(_, s)| s.available_permits() == 0)
+            .map(|(d, _)| d.clone())
+            .collect();
+        let may_start = |id: &str, domains: &[String], full: &HashSet<String>| {
+            domains
+                .iter()
+                .any(|d| !full.contains(d) && !blocked.contains(&(id.to_string(), d.clone())))
+        };
+        let candidates = self
+            .queue
+            .due_ids_where(now, |id, domains| may_start(id, domains, &full));
+        for (id, domains) in candidates {
             if self.global.available_permits() == 0 {
                 break; // Everything is busy; finished jobs wake us.
+            }
+            if !may_start(&id, &domains, &full) {
+                continue; // Its destinations filled up earlier in this round.
             }
             let Some(queue_id) = QueueId::parse(&id) else {
                 continue;
@@ -328,10 +360,15 @@ impl Scheduler {
                     self.release_probe(&domain);
                     return self.queue.next_due_after(now);
                 };
-                let Ok(local) = self.domain_semaphore(&domain).try_acquire_owned() else {
+                let semaphore = self.domain_semaphore(&domain);
+                let Ok(local) = semaphore.clone().try_acquire_owned() else {
                     self.release_probe(&domain);
+                    full.insert(domain);
                     continue;
                 };
+                if semaphore.available_permits() == 0 {
+                    full.insert(domain.clone());
+                }
                 self.in_flight.lock().insert(key.clone());
                 let job = Job {
                     queue_id: queue_id.clone(),

@@ -7,24 +7,26 @@
 //! ```
 //!
 //! A spool file is a magic line, one JSON envelope line, then the message
-//! octets exactly as they will be sent. It is written Maildir-style: write
-//! to `tmp/`, fsync the file, link it into `active/` (link, unlike rename,
-//! refuses to replace an existing id), unlink the tmp name, fsync `active/`.
+//! octets exactly as they will be sent. It is written so that it has a name
+//! only when complete ([`correo_runtime::durable`]): on Linux an anonymous
+//! `O_TMPFILE` file in `active/`, fsynced, then linked to its id; elsewhere
+//! `tmp/`, fsync, link into `active/`, unlink the tmp name. Link, unlike
+//! rename, refuses to replace an existing id. Then `active/` is fsynced.
 //! Only after that returns may the caller acknowledge the message.
 //!
-//! The directory fsync goes through `DirSyncer`, one thread that fsyncs
-//! `active/` once for every batch of requests that arrived while the
+//! The directory fsync goes through a
+//! [`DirSyncer`](correo_runtime::durable::DirSyncer), one thread that
+//! fsyncs `active/` once for every batch of requests that arrived while the
 //! previous fsync ran (group commit): concurrent messages share one
 //! directory fsync, and each caller still waits for an fsync that started
 //! after its own link.
 
 use crate::queue_id::QueueId;
+use correo_runtime::durable::DirSyncer;
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use tokio::sync::oneshot;
 
 /// First line of every spool file; the version lets a later format coexist.
 const MAGIC: &[u8] = b"CORREO-SPOOL 1\n";
@@ -36,8 +38,6 @@ pub enum SpoolError {
     Io { path: PathBuf, source: io::Error },
     #[error("{path}: corrupt spool file: {reason}")]
     Corrupt { path: PathBuf, reason: String },
-    #[error("spool directory syncer stopped")]
-    SyncerGone,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
@@ -102,7 +102,7 @@ impl Spool {
                 tracing::warn!(path = %path.display(), error = %e, "cannot remove stale tmp spool file");
             }
         }
-        let syncer = DirSyncer::start(active.clone()).map_err(io_err(&active))?;
+        let syncer = DirSyncer::start("spool-dirsync").map_err(io_err(&active))?;
         Ok(Spool {
             tmp,
             active,
@@ -151,7 +151,10 @@ impl Spool {
             path: tmp.clone(),
             source: io::Error::other(e),
         })??;
-        self.syncer.sync().await.map_err(io_err(&self.active))
+        self.syncer
+            .sync(&self.active)
+            .await
+            .map_err(io_err(&self.active))
     }
 
     /// [`Spool::store`] for callers that are already on a blocking thread
@@ -305,22 +308,13 @@ fn write_and_link(
     header: &[u8],
     message: &[u8],
 ) -> Result<(), SpoolError> {
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(tmp)
-            .map_err(io_err(tmp))?;
-        file.write_all(header).map_err(io_err(tmp))?;
-        file.write_all(message).map_err(io_err(tmp))?;
-        file.sync_all().map_err(io_err(tmp))?;
-        drop(file);
-        // link(2) fails with EEXIST instead of replacing another message.
-        std::fs::hard_link(tmp, final_path).map_err(io_err(final_path))
-    })();
-    // The tmp name is only scaffolding; the linked file keeps the data.
-    let _ = std::fs::remove_file(tmp);
-    result
+    // An anonymous O_TMPFILE file linked into active/ where the platform
+    // allows it, else tmp/ + link; either way refusing to replace an id.
+    correo_runtime::durable::create_new_durable(final_path, tmp, 0o600, |file| {
+        file.write_all(header)?;
+        file.write_all(message)
+    })
+    .map_err(io_err(final_path))
 }
 
 fn parse_header(path: &Path, content: &[u8]) -> Result<(SpoolEnvelope, usize), SpoolError> {
@@ -339,48 +333,6 @@ fn parse_header(path: &Path, content: &[u8]) -> Result<(SpoolEnvelope, usize), S
     let envelope: SpoolEnvelope =
         serde_json::from_slice(&rest[..end]).map_err(|e| corrupt(&format!("envelope: {e}")))?;
     Ok((envelope, MAGIC.len() + end + 1))
-}
-
-type SyncRequest = oneshot::Sender<io::Result<()>>;
-
-/// Group commit of directory fsyncs: one thread, one fsync per batch.
-struct DirSyncer {
-    requests: mpsc::Sender<SyncRequest>,
-}
-
-impl DirSyncer {
-    fn start(dir: PathBuf) -> io::Result<DirSyncer> {
-        let (tx, rx) = mpsc::channel::<SyncRequest>();
-        std::thread::Builder::new()
-            .name("spool-dirsync".into())
-            .spawn(move || {
-                // Ends when the Spool (the only sender) is dropped.
-                while let Ok(first) = rx.recv() {
-                    let mut batch = vec![first];
-                    batch.extend(rx.try_iter());
-                    // Every request in `batch` was sent after its link(2),
-                    // so this fsync covers all of them.
-                    let result = File::open(&dir).and_then(|d| d.sync_all());
-                    for waiter in batch {
-                        let reply = match &result {
-                            Ok(()) => Ok(()),
-                            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-                        };
-                        let _ = waiter.send(reply);
-                    }
-                }
-            })?;
-        Ok(DirSyncer { requests: tx })
-    }
-
-    async fn sync(&self) -> io::Result<()> {
-        let (tx, rx) = oneshot::channel();
-        self.requests
-            .send(tx)
-            .map_err(|_| io::Error::other(SpoolError::SyncerGone.to_string()))?;
-        rx.await
-            .map_err(|_| io::Error::other(SpoolError::SyncerGone.to_string()))?
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# CPU time (user+system) that the MTA and the MDA spend per delivered message,
+# inbound on port 25 with smtp-source. Unlike a rate, this figure barely moves
+# when other work shares the machine, so it is the one used to record what an
+# optimisation bought (docs/BENCHMARKS.md, "CPU per message").
+#   usage: tests/bench/cpu-per-message.sh [MESSAGES=2000] [SESSIONS=20] [SIZE=1024]
+# Needs release binaries (cargo build --release -p mta -p mda -p msa -p correo-dns
+# -p correo-bench) and smtp-source (../shared/peers/postfix/setup.sh installs it).
+set -euo pipefail
+n=${1:-2000}; s=${2:-20}; size=${3:-1024}
+root=$(cd "$(dirname "$0")/../.." && pwd)
+out=$(mktemp)
+"$root/target/release/correo-bench" --serve 3600 --idle 0 > "$out" &
+bench=$!
+trap 'kill $bench 2>/dev/null; rm -f "$out"' EXIT
+for _ in $(seq 120); do grep -q '^pid msa' "$out" && break; sleep 0.5; done
+smtp=$(awk '/^smtp /{print $2}' "$out"); new=$(awk '/^maildir /{print $2}' "$out")
+mta=$(awk '/^pid mta /{print $3}' "$out"); mda=$(awk '/^pid mda /{print $3}' "$out")
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+run() {
+  rm -f "$new"/* 2>/dev/null || true
+  local m0 d0 t0; m0=$(ticks "$mta"); d0=$(ticks "$mda"); t0=$(date +%s.%N)
+  smtp-source -l "$size" -m "$1" -s "$s" -f a@bench.test -t user@bench.test "$smtp"
+  while [ "$(ls "$new" | wc -l)" -lt "$1" ]; do sleep 0.05; done
+  local t1; t1=$(date +%s.%N)
+  local m1 d1; m1=$(ticks "$mta"); d1=$(ticks "$mda")
+  echo "$1 $m0 $m1 $d0 $d1 $t0 $t1"
+}
+run 200 >/dev/null   # warm-up
+read -r cnt m0 m1 d0 d1 t0 t1 < <(run "$n")
+awk -v n="$cnt" -v m="$((m1 - m0))" -v d="$((d1 - d0))" -v hz="$hz" -v t0="$t0" -v t1="$t1" 'BEGIN {
+  printf "messages %d, %d sessions, %d bytes: %.0f/s wall; CPU per message: MTA %.0f us, MDA %.0f us, total %.0f us\n",
+    n, '"$s"', '"$size"', n / (t1 - t0), 1e6 * m / hz / n, 1e6 * d / hz / n, 1e6 * (m + d) / hz / n }'
