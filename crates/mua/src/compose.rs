@@ -34,7 +34,10 @@ impl Mailbox {
             (None, false) => (None, input.to_string()),
             _ => return Err(bad()),
         };
-        correo_smtp::Address::parse(&address).map_err(|_| bad())?;
+        correo_smtp::Address::parse(&address).map_err(|reason| ComposeError::InvalidAddress {
+            input: input.to_string(),
+            reason,
+        })?;
         Ok(Mailbox { name, address })
     }
 
@@ -131,6 +134,13 @@ pub enum ComposeError {
         "`{0}` is not a mail address (expected alice@example.test or \"Alice <alice@example.test>\")"
     )]
     BadAddress(String),
+    #[error(
+        "`{input}` is not a mail address: {reason} (expected alice@example.test or \"Alice <alice@example.test>\")"
+    )]
+    InvalidAddress {
+        input: String,
+        reason: correo_smtp::AddressError,
+    },
     #[error("no recipients: give at least one --to, --cc or --bcc")]
     NoRecipients,
     #[error("the subject must be a single line")]
@@ -417,7 +427,14 @@ mod tests {
     #[test]
     fn rejects_bad_input() {
         assert!(Mailbox::parse("bob@example.test\r\nBcc: x@y.z").is_err());
-        assert!(Mailbox::parse("not an address").is_err());
+        let err = Mailbox::parse("not an address").unwrap_err();
+        assert!(err.to_string().contains("exactly one @"), "{err}");
+        let err = Mailbox::parse("Bob <bob@[192.0.2.1]>").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("`Bob <bob@[192.0.2.1]>` is not a mail address: IP address literals"),
+            "{err}"
+        );
         assert!(Mailbox::parse("Bob <bob@example.test").is_err());
         assert_eq!(
             mb("\"Bob B\" <bob@example.test>").name.as_deref(),

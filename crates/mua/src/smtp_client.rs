@@ -11,10 +11,13 @@
 //! chunks ([`DotStuffer`]), the final reply, QUIT.
 //!
 //! Replies are read with `correo_smtp`'s sans-IO [`ReplyReader`] (multi-line
-//! replies, bounded line length and count); every read and every write has
-//! its own timeout, so a large message on a slow link is fine but a silent
-//! server is not. The protocol runs over any `AsyncRead + AsyncWrite`
-//! ([`Session`]), which is how the tests drive it over an in-memory pipe.
+//! replies, bounded line length and count). Every write has its own timeout,
+//! so a large message on a slow link is fine; every reply has one deadline
+//! for all of it, so neither a silent server nor one trickling a byte at a
+//! time holds the client. The reply to the end of the message has a longer
+//! deadline of its own ([`DATA_TIMEOUT`]). The protocol runs over any
+//! `AsyncRead + AsyncWrite` ([`Session`]), which is how the tests drive it
+//! over an in-memory pipe.
 //!
 //! SECURITY: the password is only ever sent inside TLS — with STARTTLS, a
 //! server that does not offer it is refused before AUTH, and whatever the
@@ -22,7 +25,8 @@
 //! inside TLS (the client side of CVE-2011-0411). The message is normalized
 //! to CRLF while it is stuffed, so it never carries a bare CR or LF that a
 //! receiver could read as an end of data (SMTP smuggling). Envelope
-//! addresses are validated by the caller, so no command can be injected.
+//! addresses are validated by the caller (printable ASCII only, so no CR or
+//! LF), so no command can be injected.
 
 use correo_smtp::reader::ReplyReader;
 use correo_smtp::reply::Reply;
@@ -32,6 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use crate::profile::Security;
 
@@ -42,6 +47,15 @@ pub(crate) const CHUNK: usize = 64 * 1024;
 /// A QUIT after the message was accepted is a courtesy: do not keep the
 /// user waiting long for its `221`.
 const QUIT_WAIT: Duration = Duration::from_secs(5);
+
+/// How long to wait for the reply to the end of the message: RFC 5321
+/// 4.5.3.2.6 recommends 10 minutes, and Correo's MSA answers only once it
+/// has handed the message to an MTA.
+pub(crate) const DATA_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+/// The step whose timeout means the server has the whole message but has
+/// not said what it did with it.
+pub(crate) const END_OF_DATA: &str = "the end of the message";
 
 /// Reports progress: bytes of the message sent so far, and its size.
 pub(crate) type Progress<'a> = &'a mut (dyn FnMut(u64, u64) + Send);
@@ -55,15 +69,19 @@ pub(crate) struct Target<'a> {
     pub tls: Arc<rustls::ClientConfig>,
     /// The name the server's certificate must carry.
     pub server_name: ServerName<'static>,
-    /// For the connect and for each read and write.
+    /// For the connect, the TLS handshake, each write and each reply.
     pub timeout: Duration,
+    /// For the reply to the end of the message instead ([`DATA_TIMEOUT`]).
+    pub data_timeout: Duration,
 }
 
 /// What to submit, as whom.
 pub(crate) struct Submission<'a> {
     pub user: &'a str,
     pub password: &'a str,
-    /// Validated addresses (no spaces, controls or angle brackets).
+    /// Addresses validated by `correo_smtp::Address`: printable ASCII only,
+    /// so no CR or LF can end a command line early. A quoted local part may
+    /// still hold spaces or angle brackets (`"a <b>"@example.test`).
     pub sender: &'a str,
     pub recipients: &'a [String],
     /// The message as composed; stuffed and normalized on the way out.
@@ -162,7 +180,7 @@ pub(crate) async fn send(
         during: "the TLS handshake",
     })?
     .map_err(ClientError::Handshake)?;
-    let mut session = Session::new(tls, target.timeout);
+    let mut session = Session::new(tls, target.timeout).with_data_timeout(target.data_timeout);
     if target.security == Security::Tls {
         session.greeting().await?;
     }
@@ -223,6 +241,8 @@ pub(crate) struct Session<S> {
     inbuf: Vec<u8>,
     replies: ReplyReader,
     timeout: Duration,
+    /// For the reply to the end of the message.
+    data_timeout: Duration,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
@@ -232,7 +252,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             inbuf: Vec::new(),
             replies: ReplyReader::new(),
             timeout,
+            data_timeout: DATA_TIMEOUT,
         }
+    }
+
+    pub(crate) fn with_data_timeout(mut self, data_timeout: Duration) -> Self {
+        self.data_timeout = data_timeout;
+        self
     }
 
     /// The stream, for the TLS handshake; buffered bytes are dropped.
@@ -284,12 +310,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             mail.push_str(" BODY=8BITMIME");
         }
         let reply = self.command(&mail, "MAIL FROM").await?;
-        expect(reply, 250, "MAIL FROM", None)?;
+        expect_success(reply, "MAIL FROM", None)?;
         for recipient in submission.recipients {
             let reply = self
                 .command(&format!("RCPT TO:<{recipient}>"), "RCPT TO")
                 .await?;
-            expect(reply, 250, "RCPT TO", Some(recipient))?;
+            // 251 (will forward) is as good as 250 (RFC 5321 4.3.2).
+            expect_success(reply, "RCPT TO", Some(recipient))?;
         }
         let reply = self.command("DATA", "DATA").await?;
         expect(reply, 354, "DATA", None)?;
@@ -303,8 +330,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 e => e,
             });
         }
-        let reply = self.read_reply("the end of the message").await?;
-        expect(reply, 250, "the end of the message", None)
+        let reply = self
+            .read_reply_within(END_OF_DATA, self.data_timeout)
+            .await?;
+        expect(reply, 250, END_OF_DATA, None)
     }
 
     /// AUTH PLAIN if offered, else LOGIN.
@@ -392,8 +421,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             .map_err(|source| ClientError::Io { during, source })
     }
 
-    /// Reads one complete (possibly multi-line) reply.
+    /// Reads one complete (possibly multi-line) reply within the timeout.
     async fn read_reply(&mut self, during: &'static str) -> Result<Reply, ClientError> {
+        self.read_reply_within(during, self.timeout).await
+    }
+
+    /// Reads one complete reply, all of it within `wait`: a deadline for
+    /// the whole reply, not for each read, so a server trickling bytes
+    /// cannot keep the client forever.
+    async fn read_reply_within(
+        &mut self,
+        during: &'static str,
+        wait: Duration,
+    ) -> Result<Reply, ClientError> {
+        let deadline = Instant::now() + wait;
         loop {
             while !self.inbuf.is_empty() {
                 let (n, reply) = self.replies.feed(&self.inbuf);
@@ -411,7 +452,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
             }
             let mut buf = [0u8; 4096];
-            let n = tokio::time::timeout(self.timeout, self.stream.read(&mut buf))
+            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut buf))
                 .await
                 .map_err(|_| ClientError::Timeout { during })?
                 .map_err(|source| ClientError::Io { during, source })?;
@@ -431,7 +472,25 @@ fn expect(
     during: &'static str,
     recipient: Option<&str>,
 ) -> Result<Reply, ClientError> {
-    if reply.code == code {
+    check(reply, |c| c == code, during, recipient)
+}
+
+/// Like [`expect`], for any 2xx.
+fn expect_success(
+    reply: Reply,
+    during: &'static str,
+    recipient: Option<&str>,
+) -> Result<Reply, ClientError> {
+    check(reply, |c| (200..300).contains(&c), during, recipient)
+}
+
+fn check(
+    reply: Reply,
+    ok: impl FnOnce(u16) -> bool,
+    during: &'static str,
+    recipient: Option<&str>,
+) -> Result<Reply, ClientError> {
+    if ok(reply.code) {
         Ok(reply)
     } else if reply.is_positive() {
         Err(ClientError::Protocol {
@@ -635,7 +694,8 @@ mod tests {
                 (b"334 UGFzc3dvcmQ6\r\n", "YUBleGFtcGxlLnRlc3Q="),
                 (b"235 2.7.0 ok\r\n", "cHc="),
                 (b"250 2.1.0 ok\r\n", "MAIL FROM:<a@example.test>"),
-                (b"250 2.1.5 ok\r\n", "RCPT TO:<b@example.test>"),
+                // 251 is success too (RFC 5321 4.3.2).
+                (b"251 2.1.5 will forward\r\n", "RCPT TO:<b@example.test>"),
                 (b"354 go\r\n", "DATA"),
             ];
             for (reply, expect) in script {
@@ -681,6 +741,102 @@ mod tests {
         let mut session = Session::new(client, Duration::from_millis(50));
         let err = session.greeting().await.unwrap_err();
         assert!(matches!(err, ClientError::Timeout { .. }), "{err:?}");
+    }
+
+    /// A server sending a byte well within each read's timeout but never
+    /// ending the line still runs into the deadline for the whole reply.
+    #[tokio::test]
+    async fn trickling_server_times_out() {
+        let (client, mut server) = tokio::io::duplex(64);
+        let trickle = tokio::spawn(async move {
+            server.write_all(b"220 ").await.unwrap();
+            // Until the client goes away.
+            while server.write_all(b"x").await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let mut session = Session::new(client, Duration::from_millis(300));
+        let err = tokio::time::timeout(Duration::from_secs(10), session.greeting())
+            .await
+            .expect("the reply has no deadline")
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ClientError::Timeout {
+                    during: "the greeting"
+                }
+            ),
+            "{err:?}"
+        );
+        drop(session);
+        trickle.await.unwrap();
+    }
+
+    /// The reply to the end of the message gets the longer data timeout,
+    /// not the one for other replies.
+    #[tokio::test]
+    async fn end_of_data_reply_may_take_longer() {
+        let (client, mut server) = tokio::io::duplex(1024);
+        let server = tokio::spawn(async move {
+            let mut buf = Vec::new();
+            server.write_all(b"220 test ESMTP\r\n").await.unwrap();
+            read_line(&mut server, &mut buf).await; // EHLO
+            server
+                .write_all(b"250-test\r\n250 AUTH PLAIN\r\n")
+                .await
+                .unwrap();
+            for reply in [
+                &b"235 ok\r\n"[..],
+                b"250 ok\r\n",
+                b"250 ok\r\n",
+                b"354 go\r\n",
+            ] {
+                read_line(&mut server, &mut buf).await;
+                server.write_all(reply).await.unwrap();
+            }
+            read_until(&mut server, &mut buf, b"\r\n.\r\n").await;
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            server.write_all(b"250 queued as Q2\r\n").await.unwrap();
+            read_line(&mut server, &mut buf).await; // QUIT
+            server.write_all(b"221 bye\r\n").await.unwrap();
+        });
+        let recipients = vec!["b@example.test".to_string()];
+        let submission = Submission {
+            user: "a@example.test",
+            password: "pw",
+            sender: "a@example.test",
+            recipients: &recipients,
+            message: b"Subject: x\r\n\r\nhi\r\n",
+        };
+        let mut session = Session::new(client, Duration::from_millis(500))
+            .with_data_timeout(Duration::from_secs(20));
+        session.greeting().await.unwrap();
+        let reply = session
+            .submit("[127.0.0.1]", &submission, &mut |_, _| {})
+            .await
+            .unwrap();
+        assert_eq!(reply.lines, ["queued as Q2"]);
+        server.await.unwrap();
+    }
+
+    #[test]
+    fn any_2xx_is_success_for_mail_and_rcpt() {
+        for code in [250, 251, 252] {
+            let reply = Reply::new(code, "2.1.5", "ok");
+            assert!(expect_success(reply, "RCPT TO", None).is_ok(), "{code}");
+        }
+        let err = expect_success(Reply::new(354, "", "go"), "RCPT TO", None).unwrap_err();
+        assert!(matches!(err, ClientError::Protocol { .. }), "{err:?}");
+        let err = expect_success(Reply::new(550, "5.1.1", "no"), "RCPT TO", Some("b@x.test"))
+            .unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Refused { recipient: Some(r), .. } if r == "b@x.test"),
+            "{err:?}"
+        );
+        // Where one code is required, another 2xx is still unexpected.
+        let err = expect(Reply::new(251, "", "ok"), 250, END_OF_DATA, None).unwrap_err();
+        assert!(matches!(err, ClientError::Protocol { .. }), "{err:?}");
     }
 
     async fn read_line<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> String {

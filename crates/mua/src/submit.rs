@@ -10,9 +10,11 @@
 //! progress bar for large messages shows.
 //! Only the profile's CA is trusted: the system roots are left out, so a
 //! public certificate for the same name cannot stand in for Correo's MSA.
-//! Every read and write has its own 60 s timeout, so a large message on a
-//! slow link is fine; a wrong security mode (STARTTLS against an
-//! implicit-TLS port) shows up as a timeout.
+//! Every write has its own 60 s timeout, so a large message on a slow link
+//! is fine, and every reply must be complete within 60 s; a wrong security
+//! mode (STARTTLS against an implicit-TLS port) shows up as a timeout. The
+//! reply to the end of the message may take up to 10 minutes (RFC 5321
+//! 4.5.3.2.6): the MSA answers only once an MTA has the message.
 
 use crate::compose::Composed;
 use crate::errors::{NetCause, classify};
@@ -49,9 +51,15 @@ pub enum SubmitError {
         detail: String,
     },
     #[error(
-        "the submission server refused the login of {address}: {detail}: check CORREO_PASSWORD (or the password you typed)"
+        "the submission server refused the login of {address}: {detail}: {}",
+        auth_advice(.temporary)
     )]
-    Auth { address: String, detail: String },
+    Auth {
+        address: String,
+        detail: String,
+        /// A 4xx reply (454 4.7.0): the server's trouble, not the password.
+        temporary: bool,
+    },
     #[error(
         "the submission server offers no AUTH PLAIN or LOGIN: {detail}: check `submission.security` and `submission.port` in the profile"
     )]
@@ -66,13 +74,29 @@ pub enum SubmitError {
         "the submission server at {addr} did not answer in time: check that `submission.security` fits the port (starttls: 587/1587, tls: 465/1465), then that the server is healthy"
     )]
     Timeout { addr: String },
+    #[error(
+        "the submission server at {addr} received the whole message but did not confirm it in time: it may have accepted it anyway, so before sending it again check whether it arrived (`mua list` as a recipient, or the server's log for Message-ID <{message_id}>)"
+    )]
+    Unconfirmed {
+        addr: String,
+        /// Without the angle brackets.
+        message_id: String,
+    },
     #[error("bad envelope address: {0}")]
     Envelope(String),
     #[error("submission to {addr} failed: {detail}")]
     Other { addr: String, detail: String },
 }
 
-/// Per connect, read and write; not for the whole message.
+fn auth_advice(temporary: &bool) -> &'static str {
+    if *temporary {
+        "a temporary failure on the server's side: try again later"
+    } else {
+        "check CORREO_PASSWORD (or the password you typed)"
+    }
+}
+
+/// Per connect, write and reply; not for the whole message.
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Submits `message` as the profile's user.
@@ -94,14 +118,25 @@ pub async fn submit_with_progress(
     message: &Composed,
     mut on_progress: impl FnMut(u64, u64) + Send,
 ) -> Result<Receipt, SubmitError> {
-    submit_with(profile, password, message, TIMEOUT, &mut on_progress).await
+    submit_with(
+        profile,
+        password,
+        message,
+        TIMEOUT,
+        smtp_client::DATA_TIMEOUT,
+        &mut on_progress,
+    )
+    .await
 }
 
+/// `timeout` is for the connect, each write and each reply;
+/// `data_timeout` for the reply to the end of the message.
 async fn submit_with(
     profile: &Profile,
     password: &str,
     message: &Composed,
     timeout: Duration,
+    data_timeout: Duration,
     on_progress: Progress<'_>,
 ) -> Result<Receipt, SubmitError> {
     let sub = &profile.submission;
@@ -120,6 +155,7 @@ async fn submit_with(
         tls,
         server_name,
         timeout,
+        data_timeout,
     };
     let submission = smtp_client::Submission {
         user: &profile.address,
@@ -136,7 +172,7 @@ async fn submit_with(
                 reply: reply.to_string(),
             })
         }
-        Err(e) => Err(explain(profile, e)),
+        Err(e) => Err(explain(profile, &message.message_id, e)),
     }
 }
 
@@ -155,7 +191,9 @@ fn tls_config(profile: &Profile) -> Result<std::sync::Arc<rustls::ClientConfig>,
 }
 
 /// The envelope goes into command lines as it is, so every address must be
-/// a plain SMTP mailbox (no spaces, controls or angle brackets).
+/// one `correo_smtp::Address` accepts: printable ASCII only, so no CR or LF
+/// can end a command early. A quoted local part may still hold spaces or
+/// angle brackets (`"a <b>"@example.test`), which RFC 5321 allows there.
 fn check_envelope(message: &Composed) -> Result<(), SubmitError> {
     if message.recipients.is_empty() {
         return Err(SubmitError::Envelope("no recipients".into()));
@@ -186,7 +224,7 @@ pub fn queue_id(lines: &[&str]) -> Option<String> {
 }
 
 /// Turns the client's error into one that names the hop and the fix.
-fn explain(profile: &Profile, e: ClientError) -> SubmitError {
+fn explain(profile: &Profile, message_id: &str, e: ClientError) -> SubmitError {
     let sub = &profile.submission;
     let addr = hop(profile);
     let tls = |detail: String| SubmitError::Tls {
@@ -207,6 +245,17 @@ fn explain(profile: &Profile, e: ClientError) -> SubmitError {
             NetCause::Timeout => SubmitError::Timeout { addr },
             _ => tls(io.to_string()),
         },
+        // The server has the message and may be handing it on: a resend
+        // could deliver it twice.
+        ClientError::Timeout { during } if during == smtp_client::END_OF_DATA => {
+            SubmitError::Unconfirmed {
+                addr,
+                message_id: message_id
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string(),
+            }
+        }
         ClientError::Timeout { .. } => SubmitError::Timeout { addr },
         ClientError::Io { ref source, .. } => match classify(source) {
             NetCause::Tls(detail) => tls(detail),
@@ -220,24 +269,29 @@ fn explain(profile: &Profile, e: ClientError) -> SubmitError {
             addr,
             detail: e.to_string(),
         },
+        // 454 4.7.0 and the like: the server's trouble, not the profile's.
+        ClientError::StarttlsRefused(reply) if reply.is_transient() => SubmitError::Deferred {
+            code: reply.code.to_string(),
+            detail: format!("{} (at STARTTLS)", reply_detail(&reply)),
+        },
         ClientError::NoStarttls | ClientError::StarttlsRefused(_) => tls(e.to_string()),
         ClientError::NoAuth { .. } => SubmitError::NoAuth {
             detail: e.to_string(),
         },
         ClientError::Refused {
-            reply, recipient, ..
+            reply,
+            recipient,
+            during,
         } => {
             let code = reply.code.to_string();
-            if matches!(reply.code, 535 | 534 | 530 | 538) {
+            if during == "AUTH" || matches!(reply.code, 535 | 534 | 530 | 538) {
                 return SubmitError::Auth {
                     address: profile.address.clone(),
+                    temporary: reply.is_transient(),
                     detail: reply.to_string(),
                 };
             }
-            let mut detail = match &reply.enhanced {
-                Some(enhanced) => format!("{enhanced} {}", reply.text()),
-                None => reply.text(),
-            };
+            let mut detail = reply_detail(&reply);
             if let Some(recipient) = recipient {
                 detail.push_str(&format!(" (recipient {recipient})"));
             }
@@ -247,6 +301,14 @@ fn explain(profile: &Profile, e: ClientError) -> SubmitError {
                 SubmitError::Rejected { code, detail }
             }
         }
+    }
+}
+
+/// `5.1.1 text`, or the text alone.
+fn reply_detail(reply: &correo_smtp::Reply) -> String {
+    match &reply.enhanced {
+        Some(enhanced) => format!("{enhanced} {}", reply.text()),
+        None => reply.text(),
     }
 }
 
@@ -317,6 +379,8 @@ mod tests {
         auth: &'static str,
         /// (recipient, reply) for a refused RCPT TO.
         refuse: Option<(&'static str, &'static str)>,
+        /// No reply to the end of the message; hangs up at the next command.
+        silent_after_data: bool,
     }
 
     impl Default for Script {
@@ -326,6 +390,7 @@ mod tests {
                 offer_starttls: true,
                 auth: "PLAIN LOGIN",
                 refuse: None,
+                silent_after_data: false,
             }
         }
     }
@@ -472,6 +537,12 @@ mod tests {
                     return false;
                 };
                 log.lock().unwrap().data = data;
+                if script.silent_after_data {
+                    if let Some(line) = read_line(s, &mut buf).await {
+                        log.lock().unwrap().commands.push((secure, line));
+                    }
+                    return false;
+                }
                 "250-2.0.0 ok\r\n250 2.0.0 queued as ABC123".into()
             } else if upper == "QUIT" {
                 s.write_all(b"221 2.0.0 bye\r\n").await.unwrap();
@@ -731,11 +802,133 @@ mod tests {
             "pw",
             &message,
             Duration::from_millis(200),
+            Duration::from_millis(200),
             &mut |_, _| {},
         )
         .await
         .unwrap_err();
         assert!(matches!(err, SubmitError::Timeout { .. }), "{err:?}");
+    }
+
+    /// The whole message went out and the server never answered: not a
+    /// configuration problem, and perhaps delivered, so no plain resend.
+    #[tokio::test]
+    async fn silence_after_the_message_may_mean_accepted() {
+        let server = TestServer::start(Script {
+            silent_after_data: true,
+            ..Default::default()
+        })
+        .await;
+        let profile = server.profile(Security::Starttls);
+        let message = big_message(&["bob@example.test"]);
+        let err = submit_with(
+            &profile,
+            "pw",
+            &message,
+            TIMEOUT,
+            Duration::from_millis(300),
+            &mut |_, _| {},
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, SubmitError::Unconfirmed { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains("may have accepted it"), "{text}");
+        assert!(text.contains("mua list"), "{text}");
+        assert!(text.contains("<x@example.test>"), "{text}");
+        assert!(!text.contains("submission.security"), "{text}");
+        let seen = server.seen().await;
+        assert_eq!(seen.data, dot_stuff(&message.bytes));
+    }
+
+    fn test_profile() -> Profile {
+        Profile {
+            address: "alice@example.test".into(),
+            ca: "/nonexistent/ca.pem".into(),
+            submission: Default::default(),
+            mailbox: Default::default(),
+        }
+    }
+
+    fn explained(e: ClientError) -> SubmitError {
+        explain(&test_profile(), "<x@example.test>", e)
+    }
+
+    #[test]
+    fn transient_starttls_refusal_is_deferred() {
+        let reply = correo_smtp::Reply::new(454, "4.7.0", "TLS not available right now");
+        let err = explained(ClientError::StarttlsRefused(reply));
+        assert!(
+            matches!(&err, SubmitError::Deferred { code, .. } if code == "454"),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("try again later") && text.contains("STARTTLS"),
+            "{text}"
+        );
+        // A permanent refusal still points at the configuration.
+        let reply = correo_smtp::Reply::new(502, "5.5.1", "not implemented");
+        let err = explained(ClientError::StarttlsRefused(reply));
+        assert!(matches!(err, SubmitError::Tls { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn any_auth_refusal_is_an_auth_error() {
+        for (code, enhanced) in [
+            (454, "4.7.0"),
+            (501, "5.5.2"),
+            (504, "5.5.4"),
+            (534, "5.7.9"),
+            (535, "5.7.8"),
+            (538, "5.7.11"),
+        ] {
+            let err = explained(ClientError::Refused {
+                during: "AUTH",
+                recipient: None,
+                reply: correo_smtp::Reply::new(code, enhanced, "no"),
+            });
+            let SubmitError::Auth {
+                address,
+                detail,
+                temporary,
+            } = &err
+            else {
+                panic!("{code}: {err:?}");
+            };
+            assert_eq!(address, "alice@example.test");
+            assert!(
+                detail.starts_with(&format!("{code} {enhanced}")),
+                "{detail}"
+            );
+            assert_eq!(*temporary, code == 454);
+            let text = err.to_string();
+            if code == 454 {
+                assert!(text.contains("temporary"), "{text}");
+                assert!(!text.contains("CORREO_PASSWORD"), "{text}");
+            } else {
+                assert!(text.contains("CORREO_PASSWORD"), "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn only_the_end_of_data_timeout_is_unconfirmed() {
+        let err = explained(ClientError::Timeout {
+            during: smtp_client::END_OF_DATA,
+        });
+        assert!(
+            matches!(&err, SubmitError::Unconfirmed { message_id, .. } if message_id == "x@example.test"),
+            "{err:?}"
+        );
+        for during in ["the greeting", "EHLO", "the message", "DATA"] {
+            let err = explained(ClientError::Timeout { during });
+            assert!(
+                matches!(err, SubmitError::Timeout { .. }),
+                "{during}: {err:?}"
+            );
+            assert!(err.to_string().contains("submission.security"), "{err}");
+        }
     }
 
     #[tokio::test]
