@@ -194,7 +194,11 @@ fn correo_journey_shows_every_hop_across_two_domains() {
         connected.contains("mx.another.test") && connected.contains("TLS TLSv1"),
         "TLS on the MX hop: {connected}"
     );
-    event("mta", "mta-example.test", "delivered");
+    let delivered_a = event("mta", "mta-example.test", "delivered");
+    assert!(
+        delivered_a.contains("attempt=1"),
+        "first attempt: {delivered_a}"
+    );
     let queued_b = event("mta", "mta-another.test", "queued");
     assert!(
         queued_b.contains("TLS TLSv1"),

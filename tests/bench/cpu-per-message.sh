@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # CPU time (user+system) that the MTA and the MDA spend per delivered message,
-# inbound on port 25 with smtp-source. Unlike a rate, this figure barely moves
-# when other work shares the machine, so it is the one used to record what an
-# optimisation bought (docs/BENCHMARKS.md, "CPU per message").
+# inbound on port 25 with smtp-source. It moves less than a rate when other
+# work shares the machine, but heavy contention (a parallel cargo build)
+# still inflates it up to 2x: compare only runs made at a similar load
+# average. Used to record what an optimisation bought (docs/BENCHMARKS.md,
+# "CPU per message").
 #   usage: tests/bench/cpu-per-message.sh [MESSAGES=2000] [SESSIONS=20] [SIZE=1024]
 # Needs release binaries (cargo build --release -p mta -p mda -p msa -p correo-dns
 # -p correo-bench) and smtp-source (../shared/peers/postfix/setup.sh installs it).
@@ -10,9 +12,10 @@ set -euo pipefail
 n=${1:-2000}; s=${2:-20}; size=${3:-1024}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=$(mktemp)
-"$root/target/release/correo-bench" --serve 3600 --idle 0 > "$out" &
+"$root/target/release/correo-bench" --serve 3600 --idle "${IDLE:-0}" > "$out" &
 bench=$!
-trap 'kill $bench 2>/dev/null; rm -f "$out"' EXIT
+# SIGTERM ends correo-bench without its clean-up: stop the roles it started too.
+trap 'kill $bench $(awk '"'"'/^pid /{print $3}'"'"' "$out") 2>/dev/null; rm -f "$out"' EXIT
 for _ in $(seq 120); do grep -q '^pid msa' "$out" && break; sleep 0.5; done
 smtp=$(awk '/^smtp /{print $2}' "$out"); new=$(awk '/^maildir /{print $2}' "$out")
 mta=$(awk '/^pid mta /{print $3}' "$out"); mda=$(awk '/^pid mda /{print $3}' "$out")

@@ -36,6 +36,9 @@ pub struct Job {
     pub sender: String,
     pub domain: String,
     pub recipients: Vec<String>,
+    /// Which attempt this is for these recipients (1 = first), for the
+    /// journey and the logs.
+    pub attempt: u32,
 }
 
 /// Where jobs go: the MDA for local domains, the relay for the rest.
@@ -317,15 +320,18 @@ impl Scheduler {
                 continue;
             }
             // Group this message's due recipients by destination domain.
-            let mut by_domain: Vec<(String, Vec<String>)> = Vec::new();
+            let mut by_domain: Vec<(String, Vec<String>, u32)> = Vec::new();
             for r in message.recipients.iter().filter(|r| r.is_due(now)) {
                 let domain = r.domain();
-                match by_domain.iter_mut().find(|(d, _)| *d == domain) {
-                    Some((_, list)) => list.push(r.address.clone()),
-                    None => by_domain.push((domain, vec![r.address.clone()])),
+                match by_domain.iter_mut().find(|(d, _, _)| *d == domain) {
+                    Some((_, list, attempt)) => {
+                        list.push(r.address.clone());
+                        *attempt = (*attempt).max(r.attempts + 1);
+                    }
+                    None => by_domain.push((domain, vec![r.address.clone()], r.attempts + 1)),
                 }
             }
-            for (domain, recipients) in by_domain {
+            for (domain, recipients, attempt) in by_domain {
                 let key = (queue_id.clone(), domain.clone());
                 if self.in_flight.lock().contains(&key) || self.cooldown.lock().contains_key(&key) {
                     continue;
@@ -376,6 +382,7 @@ impl Scheduler {
                     sender: message.sender.clone(),
                     domain,
                     recipients,
+                    attempt,
                 };
                 let queue = self.queue.clone();
                 let deliver = self.deliver.clone();
@@ -507,16 +514,17 @@ async fn run_job(queue: Arc<Queue>, deliver: Arc<dyn Deliver>, job: Job) -> (boo
                     .all(|(_, o)| matches!(o, Outcome::Deferred(r) if is_connection_failure(r)))
         });
         // `journey_event`: these lines are the MTA's journey records too.
+        let attempt = job.attempt;
         for (recipient, outcome) in &outcomes {
             match outcome {
                 Outcome::Delivered(reply) => {
-                    tracing::info!(%recipient, %reply, journey_event = "delivered", "delivered")
+                    tracing::info!(%recipient, %reply, attempt, journey_event = "delivered", "delivered")
                 }
                 Outcome::Deferred(reply) => {
-                    tracing::warn!(%recipient, %reply, journey_event = "deferred", "deferred")
+                    tracing::warn!(%recipient, %reply, attempt, journey_event = "deferred", "deferred")
                 }
                 Outcome::Failed(reply) => {
-                    tracing::warn!(%recipient, %reply, journey_event = "failed", "failed")
+                    tracing::warn!(%recipient, %reply, attempt, journey_event = "failed", "failed")
                 }
             }
         }
