@@ -536,6 +536,16 @@ impl Queue {
         let until = self.retry.gives_up_at(entry.received_at);
         self.send_report(Kind::Delayed, entry, deferred, now, Some(until))?;
         entry.warned = true;
+        // Beside the spool file too, so a rebuilt index does not warn again.
+        let id = QueueId::parse(&entry.queue_id).expect("index keys are queue ids");
+        self.spool.append_done(
+            &id,
+            &DoneRecord {
+                recipient: String::new(),
+                state: DELAY_WARNED.into(),
+                reply: String::new(),
+            },
+        )?;
         Ok(())
     }
 
@@ -817,8 +827,15 @@ fn new_entry(envelope: &SpoolEnvelope, size: u64) -> MessageEntry {
     }
 }
 
+/// The `.done` record that says the message's delay warning was sent.
+const DELAY_WARNED: &str = "delay-warned";
+
 fn apply_done(entry: &mut MessageEntry, done: &[DoneRecord]) {
     for record in done {
+        if record.state == DELAY_WARNED {
+            entry.warned = true;
+            continue;
+        }
         if let Some(r) = entry
             .recipients
             .iter_mut()
@@ -1136,7 +1153,7 @@ mod tests {
             lifetime: Duration::from_secs(36_000),
             delay_warning: Duration::from_secs(3600),
         });
-        let (q, _) = Queue::open(dir.path(), policy).unwrap();
+        let (q, _) = Queue::open(dir.path(), policy.clone()).unwrap();
         let id = q
             .enqueue(envelope(&["x@a.test"]), b"m\r\n".to_vec())
             .await
@@ -1158,6 +1175,17 @@ mod tests {
         q.record(&id, std::slice::from_ref(&later), 1000 + 7200)
             .unwrap();
         assert_eq!(dsns(&q).len(), 1, "only once");
+
+        // A rebuilt index remembers the warning (it is in the .done file).
+        drop(q);
+        std::fs::remove_dir_all(dir.path().join("queue.sled")).unwrap();
+        let (q, _) = Queue::open(dir.path(), policy).unwrap();
+        let entry = q.show(id.as_str()).unwrap().unwrap();
+        assert!(entry.warned, "warned flag rebuilt from the spool");
+        assert!(!entry.recipients[0].status.is_final());
+        q.record(&id, std::slice::from_ref(&later), 1000 + 10_800)
+            .unwrap();
+        assert_eq!(dsns(&q).len(), 1, "still only once after a rebuild");
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 //! ```text
 //! <data_dir>/spool/tmp/<id>.<random>   being written, never acknowledged
 //! <data_dir>/spool/active/<id>         queued: header + raw message
-//! <data_dir>/spool/active/<id>.done    recipients already finished (one JSON line each)
+//! <data_dir>/spool/active/<id>.done    finished recipients, and the delay-warning mark (one JSON line each)
 //! ```
 //!
 //! A spool file is a magic line, one JSON envelope line, then the message
