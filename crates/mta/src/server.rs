@@ -352,6 +352,9 @@ async fn accept_loop(
                         Ok(local) => local,
                         Err(_) => continue,
                     };
+                    // Replies are whole, flushed writes: never hold one back
+                    // for the peer's (delayed) ACK of the previous one.
+                    let _ = stream.set_nodelay(true);
                     let config = config.clone();
                     let permit = match limiter.try_acquire(peer.ip()) {
                         Ok(permit) => permit,
