@@ -17,7 +17,7 @@ use crate::accounts::Directory;
 use crate::address::Address;
 use argon2::Argon2;
 use argon2::password_hash::rand_core::{OsRng, RngCore};
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -59,12 +59,50 @@ pub fn scram_verifier(password: &str) -> crate::accounts::ScramVerifier {
 
 /// Checks a password against a PHC string; a malformed hash never matches.
 pub fn verify_password(hash: &str, password: &str) -> bool {
-    match PasswordHash::new(hash) {
-        Ok(parsed) => Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok(),
-        Err(_) => false,
+    verify_password_in(hash, password, &mut Vec::new())
+}
+
+/// [`verify_password`] with argon2's work memory (`m_cost` KiB, 19 MiB with
+/// the defaults) in `memory`, which is grown as needed and kept for the
+/// next call. The server verifies through a small pool of these buffers:
+/// allocating 19 MiB per login on ever-changing blocking threads left the
+/// freed blocks in glibc's per-thread arenas, and the MDA's RSS reached
+/// 2 GB after 500 logins (docs/BENCHMARKS.md).
+pub fn verify_password_in(hash: &str, password: &str, memory: &mut Vec<argon2::Block>) -> bool {
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return false;
+    };
+    let Ok(algorithm) = argon2::Algorithm::try_from(parsed.algorithm) else {
+        return false;
+    };
+    let version = match parsed.version.map(argon2::Version::try_from).transpose() {
+        Ok(v) => v.unwrap_or_default(),
+        Err(_) => return false,
+    };
+    let Ok(params) = argon2::Params::try_from(&parsed) else {
+        return false;
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let blocks = params.block_count();
+    if memory.len() < blocks {
+        memory.resize(blocks, argon2::Block::default());
     }
+    let mut out = vec![0u8; expected.len()];
+    let hashed = Argon2::new(algorithm, version, params).hash_password_into_with_memory(
+        password.as_bytes(),
+        salt,
+        &mut out,
+        &mut memory[..blocks],
+    );
+    // Output's equality is constant-time.
+    hashed.is_ok()
+        && argon2::password_hash::Output::new(&out).is_ok_and(|computed| computed == expected)
 }
 
 /// A user whose password was verified.
@@ -92,6 +130,8 @@ pub struct Authenticator {
     cache: Mutex<HashMap<[u8; 32], CacheEntry>>,
     /// Bounds concurrent argon2 runs.
     running: Arc<tokio::sync::Semaphore>,
+    /// argon2 work memory, one buffer per permit of `running` at most.
+    memory: Mutex<Vec<Vec<argon2::Block>>>,
 }
 
 impl Authenticator {
@@ -108,6 +148,7 @@ impl Authenticator {
             cache_key,
             cache: Mutex::new(HashMap::new()),
             running: Arc::new(tokio::sync::Semaphore::new(max_concurrent_verifications())),
+            memory: Mutex::new(Vec::new()),
         })
     }
 
@@ -212,14 +253,27 @@ impl Authenticator {
             .ok()
             .and_then(|a| accounts.users.get_key_value(&a))
             .map(|(a, u)| (a.clone(), u.password_hash.clone()));
-        match found {
-            Some((user, hash)) => verify_password(&hash, password).then_some((user, hash)),
+        let mut memory = self
+            .memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_default();
+        let result = match found {
+            Some((user, hash)) => {
+                verify_password_in(&hash, password, &mut memory).then_some((user, hash))
+            }
             None => {
                 // Same work as for a real user, so timing does not reveal existence.
-                let _ = verify_password(&self.dummy_hash, password);
+                let _ = verify_password_in(&self.dummy_hash, password, &mut memory);
                 None
             }
-        }
+        };
+        self.memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(memory);
+        result
     }
 
     fn authenticated(&self, user: Address) -> Authenticated {
@@ -243,6 +297,42 @@ fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
     use crate::accounts::AccountsFile;
+
+    #[test]
+    fn verification_in_reused_memory_agrees_with_argon2() {
+        use argon2::password_hash::PasswordVerifier;
+        let custom = Argon2::new(
+            argon2::Algorithm::Argon2id,
+            argon2::Version::V0x13,
+            argon2::Params::new(4096, 2, 1, Some(24)).unwrap(),
+        );
+        let salt = SaltString::generate(&mut OsRng);
+        let hashes = [
+            hash_password("s3cret").unwrap(),
+            custom.hash_password(b"s3cret", &salt).unwrap().to_string(),
+        ];
+        let mut memory = Vec::new();
+        for hash in &hashes {
+            let parsed = PasswordHash::new(hash).unwrap();
+            for password in ["s3cret", "S3cret", "", "s3cret "] {
+                let reference = Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok();
+                assert_eq!(
+                    verify_password_in(hash, password, &mut memory),
+                    reference,
+                    "{hash} {password:?}"
+                );
+            }
+        }
+        // The buffer is kept at the largest m_cost seen (19 MiB default).
+        assert_eq!(memory.len(), argon2::Params::DEFAULT_M_COST as usize);
+        assert!(!verify_password_in(
+            "$argon2id$v=19$garbage",
+            "s3cret",
+            &mut memory
+        ));
+    }
 
     #[test]
     fn hashes_are_argon2id_and_verify() {
