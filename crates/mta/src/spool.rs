@@ -126,21 +126,8 @@ impl Spool {
         envelope: &SpoolEnvelope,
         message: impl Into<Vec<u8>>,
     ) -> Result<(), SpoolError> {
-        let id = QueueId::parse(&envelope.queue_id).ok_or_else(|| SpoolError::Corrupt {
-            path: self.active.join(&envelope.queue_id),
-            reason: "invalid queue id".into(),
-        })?;
+        let (tmp, final_path, header) = self.prepare(envelope)?;
         let message = message.into();
-        let mut header = Vec::with_capacity(MAGIC.len() + 256);
-        header.extend_from_slice(MAGIC);
-        serde_json::to_writer(&mut header, envelope).map_err(|e| SpoolError::Corrupt {
-            path: self.path(&id),
-            reason: e.to_string(),
-        })?;
-        header.push(b'\n');
-
-        let tmp = self.tmp.join(format!("{id}.{:08x}", rand::random::<u32>()));
-        let final_path = self.path(&id);
         let tmp_clone = tmp.clone();
         // File I/O blocks; keep it off the async workers.
         tokio::task::spawn_blocking(move || {
@@ -165,6 +152,15 @@ impl Spool {
         envelope: &SpoolEnvelope,
         message: &[u8],
     ) -> Result<(), SpoolError> {
+        let (tmp, final_path, header) = self.prepare(envelope)?;
+        write_and_link(&tmp, &final_path, &header, message)?;
+        File::open(&self.active)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&self.active))
+    }
+
+    /// The scratch path, final path and header lines of a message to store.
+    fn prepare(&self, envelope: &SpoolEnvelope) -> Result<(PathBuf, PathBuf, Vec<u8>), SpoolError> {
         let id = QueueId::parse(&envelope.queue_id).ok_or_else(|| SpoolError::Corrupt {
             path: self.active.join(&envelope.queue_id),
             reason: "invalid queue id".into(),
@@ -177,10 +173,7 @@ impl Spool {
         })?;
         header.push(b'\n');
         let tmp = self.tmp.join(format!("{id}.{:08x}", rand::random::<u32>()));
-        write_and_link(&tmp, &self.path(&id), &header, message)?;
-        File::open(&self.active)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(&self.active))
+        Ok((tmp, self.path(&id), header))
     }
 
     /// The first `limit` octets of a queued message (its header section,
