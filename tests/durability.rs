@@ -287,10 +287,11 @@ fn sigterm_under_load_leaves_no_half_written_state() {
         "sigterm: MTA stopped at {:.1}s",
         started.elapsed().as_secs_f64()
     );
-    let tmp = std::fs::read_dir(org.path("mta/spool/tmp"))
-        .unwrap()
-        .count();
-    assert_eq!(tmp, 0, "half-written spool files left in tmp/");
+    assert_eq!(
+        org.spool_torn_bytes(),
+        0,
+        "half-written spool records left behind"
+    );
     std::thread::sleep(Duration::from_millis(500));
     org.start_role("mta", &[MTA_GRPC_PORT, SMTP_PORT]).unwrap();
     std::thread::sleep(Duration::from_millis(1500));

@@ -125,8 +125,11 @@ fn relay_refused(c: &mut Client, form: &str) {
     assert!(ok, "RCPT TO:<{form}> was not refused: {code} {text}");
 }
 
+/// Segment files of the MTA's spool: one exists once any message was ever
+/// written (the segment being filled is never deleted), so an empty list
+/// means nothing was ever queued.
 fn spool_files(org: &Org) -> Vec<String> {
-    let dir = org.path("mta/spool/active");
+    let dir = org.path("mta/spool/seg");
     std::fs::read_dir(dir)
         .map(|d| {
             d.filter_map(|e| e.ok())

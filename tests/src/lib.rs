@@ -519,14 +519,18 @@ impl Org {
         ))
     }
 
-    /// Messages in the MTA's spool (`spool/active`, without `.done` files).
+    /// Messages in the MTA's spool, read from its segment files without
+    /// changing them (safe while the MTA runs).
     pub fn spooled(&self) -> usize {
-        std::fs::read_dir(self.path("mta/spool/active"))
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| !e.file_name().to_string_lossy().ends_with(".done"))
-                    .count()
-            })
+        mta::spool::Spool::inspect(&self.path("mta"))
+            .map(|found| found.ids.len())
+            .unwrap_or(0)
+    }
+
+    /// Octets of torn (half-written) records in the MTA's spool.
+    pub fn spool_torn_bytes(&self) -> u64 {
+        mta::spool::Spool::inspect(&self.path("mta"))
+            .map(|found| found.torn_bytes)
             .unwrap_or(0)
     }
 

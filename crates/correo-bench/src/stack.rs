@@ -311,8 +311,9 @@ pub fn mx_zone(origin: &str, ip: Ipv4Addr) -> (String, String) {
 
 /// Writes `count` spool files (the MTA's on-disk queue format: magic line,
 /// JSON envelope line, message) for `recipient` into a stopped MTA's
-/// `spool/active/`; the MTA's start-up reconciliation queues them. This is
-/// the fast way to build a backlog of tens of thousands of messages.
+/// `spool/active/` (the one-file-per-message layout, which the MTA imports
+/// into its segments at start-up; its reconciliation then queues them).
+/// This is the fast way to build a backlog of tens of thousands of messages.
 pub fn inject_spool(mta_data: &Path, count: usize, recipient: &str, size: usize) -> Result<()> {
     let active = mta_data.join("spool/active");
     std::fs::create_dir_all(&active)?;

@@ -294,11 +294,11 @@ mod tests {
         probe.0.store(2_000_000, Ordering::SeqCst);
         h.mail(&info(), &sender).await.unwrap();
 
-        // The spool write fails (its directories are gone): 451 4.3.0, nothing queued.
-        let active = dir.path().join("spool/active");
-        let aside = dir.path().join("spool/active.aside");
-        std::fs::rename(&active, &aside).unwrap();
-        std::fs::remove_dir_all(dir.path().join("spool/tmp")).unwrap();
+        // The spool write fails (its segment directory is gone, so no
+        // segment can be started): 451 4.3.0, nothing queued.
+        let seg = dir.path().join("spool/seg");
+        let aside = dir.path().join("spool/seg.aside");
+        std::fs::rename(&seg, &aside).unwrap();
         let mut env = envelope();
         env.recipients
             .push(Address::parse("alice@example.test").unwrap());
@@ -311,8 +311,7 @@ mod tests {
         );
         assert!(queue.list().unwrap().is_empty());
         // Once the disk is back, mail is accepted again.
-        std::fs::rename(&aside, &active).unwrap();
-        std::fs::create_dir_all(dir.path().join("spool/tmp")).unwrap();
+        std::fs::rename(&aside, &seg).unwrap();
         let reply = h
             .data(&info(), &env, b"Subject: x\r\n\r\ny\r\n".to_vec())
             .await;

@@ -702,9 +702,21 @@ mod tests {
             .enqueue(envelope(&["b@one.test"]), b"m\r\n")
             .await
             .unwrap();
-        let active = dir.path().join("spool/active");
-        std::fs::remove_file(active.join(gone.as_str())).unwrap();
-        std::fs::write(active.join(bad.as_str()), b"not a spool file").unwrap();
+        queue.spool_for_tests().remove(&gone).unwrap();
+        // Damage one octet of `bad`'s record: its checksum no longer holds.
+        let seg = std::fs::read_dir(dir.path().join("spool/seg"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let at = bytes
+            .windows(16)
+            .position(|w| w == bad.as_str().as_bytes())
+            .unwrap();
+        bytes[at] ^= 0x01;
+        std::fs::write(&seg, &bytes).unwrap();
         let recorder = Arc::new(Recorder::default());
         let scheduler = Scheduler::new(queue.clone(), recorder.clone(), Limits::new(4, 4));
         let mut tasks = JoinSet::new();
