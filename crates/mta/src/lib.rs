@@ -6,11 +6,11 @@
 //!
 //! - **Intake.** `Queue.Submit` over gRPC (from the MSA) and inbound SMTP on
 //!   the port 25 side (from other organisations, only for `local_domains`).
-//!   Each message is written to a spool file — write `tmp/`, fsync, link into
-//!   `active/`, fsync the directory ([`spool`]) — and only then acknowledged
-//!   (gRPC OK / `250 2.0.0 queued as <id>`). A `Received:` field is
+//!   Each message is appended as one record to a spool segment and
+//!   `fdatasync`ed, concurrent messages sharing one flush ([`spool`]), and
+//!   only then acknowledged (gRPC OK / `250 2.0.0 queued as <id>`). A `Received:` field is
 //!   prepended, and `X-Correo-Journey:` when the message has none.
-//! - **Queue.** Spool files are the truth; per-recipient state lives in a
+//! - **Queue.** The spool is the truth; per-recipient state lives in a
 //!   sled index ([`index`]) that start-up reconciles with the spool
 //!   ([`queue`]): a lost index costs duplicates at worst, never a message.
 //! - **Delivery.** The [`scheduler`] takes due recipients, groups them by

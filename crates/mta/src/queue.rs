@@ -1,15 +1,15 @@
-//! The durable queue: spool files (the truth) plus the sled index (the
+//! The durable queue: the spool (the truth) plus the sled index (the
 //! state), and every operation that changes them.
 //!
 //! Write order is what makes it crash-safe:
-//! - accept: spool file durable → index entry → acknowledge;
+//! - accept: spool record durable → index entry → acknowledge;
 //! - a recipient finishes while others remain: `.done` line fsynced →
 //!   index entry updated;
 //! - a recipient fails (or is delayed past `retry.delay_warning`): the DSN
 //!   is spooled durably first, as a message of its own, then the failure
 //!   is recorded — a crash in between costs a duplicate DSN, never a
 //!   missing one;
-//! - the last recipient finishes: spool file removed → index entry removed.
+//! - the last recipient finishes: spool removal record → index entry removed.
 //!
 //! So the spool never lacks a message the index has promised, and a lost
 //! index (or a lost `.done` line) can only cause a duplicate delivery.

@@ -5,10 +5,10 @@
 //! <data_dir>/spool/active/<id>.done    finished recipients, and the delay-warning mark (one JSON line each)
 //! ```
 //!
-//! A message is one record ([`record`]) appended to the current segment:
+//! A message is one record (`spool/record.rs`) appended to the current segment:
 //! the spool header (a magic line and one JSON envelope line) followed by
 //! the message octets exactly as they will be sent, under a CRC-32. All
-//! appends go through one writer thread ([`segments`]), which takes every
+//! appends go through one writer thread (`spool/segments.rs`), which takes every
 //! request that queued up while it was busy, appends them, calls
 //! `fdatasync` once, and only then answers. So when [`Spool::store`]
 //! returns Ok the message survives a crash and may be acknowledged, and
