@@ -780,6 +780,8 @@ impl Queue {
     /// rarely forgets it — a forgotten delivery is a duplicate).
     pub fn flush_if_dirty(&self) -> Result<bool, QueueError> {
         if self.dirty.swap(false, Ordering::SeqCst) {
+            // Removal records too, so a power loss repeats few deliveries.
+            self.spool.flush()?;
             self.index.flush()?;
             return Ok(true);
         }
@@ -1013,7 +1015,9 @@ mod tests {
         assert_eq!(q.delete(a.as_str()).unwrap(), None);
         assert_eq!(q.bounce(b.as_str()).unwrap(), Some(2));
         assert!(q.list().unwrap().is_empty());
-        assert!(Spool::open(dir.path()).unwrap().list().unwrap().is_empty());
+        // On disk too, once the removal records are flushed.
+        q.flush().unwrap();
+        assert!(Spool::inspect(dir.path()).unwrap().ids.is_empty());
         assert_eq!(q.retry_now(Some("0000000000000000")).unwrap(), None);
     }
 

@@ -175,9 +175,26 @@ impl Spool {
             };
             let path = entry.path();
             if !self.segments.contains(&id) {
-                let content = std::fs::read(&path).map_err(io_err(&path))?;
-                parse_header(&path, &content)?;
-                batch.push((id, content));
+                let content = match std::fs::read(&path) {
+                    Ok(content) => content,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io_err(&path)(e)),
+                };
+                // A file that is not a whole spool file of its own id stays
+                // where it is, for an operator; it was never queued as such.
+                match parse_header(&path, &content) {
+                    Ok((envelope, _)) if envelope.queue_id == id.as_str() => {
+                        batch.push((id, content))
+                    }
+                    Ok(_) => {
+                        tracing::error!(path = %path.display(), "old spool file names another queue id; left in place");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "unreadable old spool file left in place");
+                        continue;
+                    }
+                }
             }
             paths.push(path);
             if batch.len() >= IMPORT_BATCH {
@@ -205,7 +222,11 @@ impl Spool {
             .store_many_blocking(std::mem::take(batch))
             .map_err(io_err(self.segments.dir()))?;
         for path in paths.drain(..) {
-            std::fs::remove_file(&path).map_err(io_err(&path))?;
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&path)(e)),
+            }
         }
         Ok(count)
     }
@@ -589,15 +610,34 @@ mod tests {
 
         // A damaged octet inside a record is reported when it is read.
         let bytes = std::fs::read(&segment).unwrap();
-        let at = bytes.windows(5).position(|w| w == b"two\r\n").unwrap();
+        let at = bytes.windows(5).position(|w| w == b"one\r\n").unwrap();
         let mut damaged = bytes.clone();
-        damaged[at] = b'T';
+        damaged[at] = b'O';
         std::fs::write(&segment, &damaged).unwrap();
         assert!(matches!(
-            spool.read(&second),
+            spool.read(&first),
             Err(SpoolError::Corrupt { .. })
         ));
-        assert_eq!(spool.read(&first).unwrap().message, b"one\r\n");
+        assert_eq!(spool.read(&second).unwrap().message, b"two\r\n");
+
+        // Reopened, the damaged record is skipped but the one after it is
+        // not lost (a damaged last record looks like a torn append and is
+        // cut off), and the segment is kept for an operator even when
+        // nothing in it is live any more.
+        drop(spool);
+        let spool = Spool::open(dir.path()).unwrap();
+        let mut want = vec![second.clone(), third.clone()];
+        want.sort();
+        assert_eq!(spool.list().unwrap(), want);
+        assert!(std::fs::read(&segment).unwrap().starts_with(&damaged));
+        spool.remove(&second).unwrap();
+        drop(spool);
+        let spool = Spool::open(dir.path()).unwrap();
+        assert_eq!(spool.list().unwrap(), vec![third.clone()]);
+        assert!(
+            segment.exists(),
+            "a segment with a damaged record was deleted"
+        );
     }
 
     #[tokio::test]

@@ -12,7 +12,7 @@
 //! while writing), which the scanner reports so the spool can cut it off.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, Read};
 
 pub const MAGIC: [u8; 4] = *b"CSR1";
 pub const HEADER_LEN: usize = 13;
@@ -65,44 +65,65 @@ impl Header {
 }
 
 /// One complete record found by [`scan`]: where its body starts, and the body.
-pub struct Found {
+pub struct Found<'a> {
     pub kind: u8,
     pub body_offset: u64,
-    pub body: Vec<u8>,
+    pub body: &'a [u8],
 }
 
-/// Reads a segment from the start. Calls `each` for every complete record
-/// and returns the offset where the complete records end (the file's
-/// length, unless the tail is torn or damaged).
-pub fn scan(file: &File, mut each: impl FnMut(Found)) -> io::Result<u64> {
-    let total = file.metadata()?.len();
-    let mut reader = BufReader::with_capacity(1 << 20, file);
-    let mut offset = 0u64;
-    loop {
-        if offset + HEADER_LEN as u64 > total {
-            return Ok(offset);
+/// What [`scan`] found besides the records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scan {
+    /// Where the last complete record ends: anything after it is a torn
+    /// append, safe to cut off.
+    pub end: u64,
+    /// Octets of damaged records skipped between complete ones. They are
+    /// never cut off: records after them are kept.
+    pub skipped: u64,
+}
+
+/// The record at `offset`, if one starts there and its checksum holds.
+fn record_at(bytes: &[u8], offset: usize) -> Option<(Header, std::ops::Range<usize>)> {
+    let raw: &[u8; HEADER_LEN] = bytes.get(offset..offset + HEADER_LEN)?.try_into().ok()?;
+    let header = Header::parse(raw)?;
+    let start = offset + HEADER_LEN;
+    let body = bytes.get(start..start.checked_add(header.len as usize)?)?;
+    header
+        .matches(body)
+        .then_some((header, start..start + body.len()))
+}
+
+/// Reads a whole segment. Calls `each` for every complete record. A bad
+/// record (a flipped bit on disk) does not hide the records after it: the
+/// scan looks for the next record whose checksum holds and goes on there.
+pub fn scan(file: &File, mut each: impl FnMut(Found<'_>)) -> io::Result<Scan> {
+    let mut bytes = Vec::new();
+    let mut reader = file;
+    reader.read_to_end(&mut bytes)?;
+    let mut offset = 0usize;
+    let mut scan = Scan { end: 0, skipped: 0 };
+    while offset < bytes.len() {
+        if let Some((header, body)) = record_at(&bytes, offset) {
+            each(Found {
+                kind: header.kind,
+                body_offset: body.start as u64,
+                body: &bytes[body.clone()],
+            });
+            offset = body.end;
+            scan.end = offset as u64;
+            continue;
         }
-        let mut raw = [0u8; HEADER_LEN];
-        reader.read_exact(&mut raw)?;
-        let Some(header) = Header::parse(&raw) else {
-            return Ok(offset);
-        };
-        let body_offset = offset + HEADER_LEN as u64;
-        if body_offset + header.len as u64 > total {
-            return Ok(offset);
+        let next = (offset + 1..bytes.len().saturating_sub(HEADER_LEN - 1))
+            .find(|&at| bytes[at..].starts_with(&MAGIC) && record_at(&bytes, at).is_some());
+        match next {
+            Some(at) => {
+                scan.skipped += (at - offset) as u64;
+                offset = at;
+            }
+            None => break,
         }
-        let mut body = vec![0u8; header.len as usize];
-        reader.read_exact(&mut body)?;
-        if !header.matches(&body) {
-            return Ok(offset);
-        }
-        offset = body_offset + header.len as u64;
-        each(Found {
-            kind: header.kind,
-            body_offset,
-            body,
-        });
     }
+    Ok(scan)
 }
 
 #[cfg(test)]
@@ -134,20 +155,33 @@ mod tests {
 
         let read = |path: &std::path::Path| {
             let mut seen = Vec::new();
-            let end = scan(&File::open(path).unwrap(), |f| seen.push(f.body)).unwrap();
-            (seen, end)
+            let found = scan(&File::open(path).unwrap(), |f| seen.push(f.body.to_vec())).unwrap();
+            (seen, found)
         };
-        let (seen, end) = read(&path);
+        let (seen, found) = read(&path);
         assert_eq!(seen, bodies.map(|b| b.to_vec()));
-        assert_eq!(end, complete);
+        assert_eq!(
+            found,
+            Scan {
+                end: complete,
+                skipped: 0
+            }
+        );
 
-        // Damaged: one flipped octet in the second body's checksum range.
+        // Damaged: one flipped octet in the second record's checksum. The
+        // records after it are still found; only the damaged one is skipped.
         let mut bytes = std::fs::read(&path).unwrap();
         let second = HEADER_LEN + 5;
         bytes[second + 9] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
-        let (seen, end) = read(&path);
-        assert_eq!(seen, vec![b"first".to_vec()]);
-        assert_eq!(end, second as u64);
+        let (seen, found) = read(&path);
+        assert_eq!(seen, vec![b"first".to_vec(), b"third body".to_vec()]);
+        assert_eq!(
+            found,
+            Scan {
+                end: complete,
+                skipped: HEADER_LEN as u64
+            }
+        );
     }
 }

@@ -39,6 +39,9 @@ struct Segment {
     live: usize,
     /// A failed write could not be cut off: append nothing more here.
     broken: bool,
+    /// Holds records that could not be read (damage, or an envelope this
+    /// version does not understand): never deleted, left for an operator.
+    pinned: bool,
 }
 
 #[derive(Default)]
@@ -206,24 +209,22 @@ impl Segments {
     /// Like unlinking a file, the removal is not flushed by itself; a
     /// crash before the next flush delivers the message again.
     pub fn remove(&self, id: &QueueId) {
-        let seg = {
-            let mut guard = self.state.lock();
-            let state = &mut *guard;
-            state.locs.remove(id).map(|loc| {
-                if let Some(s) = state.segments.get_mut(&loc.seg) {
-                    s.live = s.live.saturating_sub(1);
-                }
-                loc.seg
-            })
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        let Some(loc) = state.locs.remove(id) else {
+            return;
         };
-        if let Some(seg) = seg
-            && self
-                .send(Op::Remove {
-                    id: id.clone(),
-                    seg,
-                })
-                .is_err()
-        {
+        if let Some(s) = state.segments.get_mut(&loc.seg) {
+            s.live = s.live.saturating_sub(1);
+        }
+        // Sent under the lock, so a store of the same id cannot come
+        // between the forgetting and the removal record.
+        let sent = self.send(Op::Remove {
+            id: id.clone(),
+            seg: loc.seg,
+        });
+        drop(guard);
+        if sent.is_err() {
             tracing::warn!(queue_id = %id, "spool writer stopped; removal not recorded");
         }
     }
@@ -294,7 +295,12 @@ fn replay(
     let mut torn = 0;
     for &seq in &seqs {
         let path = dir.join(segment_name(seq));
-        let file = OpenOptions::new().read(true).write(repair).open(&path)?;
+        let file = match OpenOptions::new().read(true).write(repair).open(&path) {
+            Ok(file) => file,
+            // Deleted by the running node's writer since the listing.
+            Err(e) if !repair && e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
         state.segments.insert(
             seq,
             Segment {
@@ -302,16 +308,18 @@ fn replay(
                 end: 0,
                 live: 0,
                 broken: false,
+                pinned: false,
             },
         );
-        let end = record::scan(&file, |found| {
+        let mut unreadable = false;
+        let scan = record::scan(&file, |found| {
             let loc = Loc {
                 seg: seq,
                 offset: found.body_offset - HEADER_LEN as u64,
                 len: HEADER_LEN as u64 + found.body.len() as u64,
             };
             match found.kind {
-                KIND_MESSAGE => match message_id(&found.body) {
+                KIND_MESSAGE => match message_id(found.body) {
                     Some(id) => {
                         if let Some(old) = state.locs.insert(id, loc) {
                             // A second copy (a crash during an import):
@@ -322,14 +330,17 @@ fn replay(
                         }
                         state.segments.get_mut(&seq).expect("inserted").live += 1;
                     }
-                    None => tracing::error!(
-                        segment = %path.display(),
-                        offset = loc.offset,
-                        "spool record without a readable envelope; skipped"
-                    ),
+                    None => {
+                        unreadable = true;
+                        tracing::error!(
+                            segment = %path.display(),
+                            offset = loc.offset,
+                            "spool record without a readable envelope; skipped, segment kept"
+                        )
+                    }
                 },
                 _ => {
-                    let id = std::str::from_utf8(&found.body)
+                    let id = std::str::from_utf8(found.body)
                         .ok()
                         .and_then(QueueId::parse);
                     if let Some(id) = id
@@ -342,21 +353,32 @@ fn replay(
                 }
             }
         })?;
+        if scan.skipped > 0 {
+            unreadable = true;
+            tracing::error!(
+                segment = %path.display(),
+                damaged = scan.skipped,
+                "damaged spool records skipped (the records around them are kept); segment kept"
+            );
+        }
+        let end = scan.end;
         let len = file.metadata()?.len();
         torn += len - end;
         if repair && end < len {
-            // Only an append that never finished (so was never
-            // acknowledged) or a damaged disk leaves this.
+            // No complete record follows: an append that never finished,
+            // so was never acknowledged.
             tracing::warn!(
                 segment = %path.display(),
                 offset = end,
                 dropped = len - end,
-                "cutting off a torn or damaged segment tail"
+                "cutting off a torn segment tail"
             );
             file.set_len(end)?;
             file.sync_all()?;
         }
-        state.segments.get_mut(&seq).expect("inserted").end = end;
+        let segment = state.segments.get_mut(&seq).expect("inserted");
+        segment.end = end;
+        segment.pinned = unreadable;
     }
     Ok((state, seqs, torn))
 }
@@ -530,6 +552,7 @@ impl Writer {
                 end: 0,
                 live: 0,
                 broken: false,
+                pinned: false,
             },
         );
         self.active = Some(seq);
@@ -611,6 +634,8 @@ impl Writer {
             if let Some(file) = self.file(seg)
                 && let Err(e) = file.sync_data()
             {
+                // What reached the disk is unknown: append nothing more here.
+                self.seal(seg);
                 result = Err(e);
             }
         }
@@ -624,7 +649,7 @@ impl Writer {
             state
                 .segments
                 .iter()
-                .filter(|(seq, s)| Some(**seq) != self.active && s.live == 0)
+                .filter(|(seq, s)| Some(**seq) != self.active && s.live == 0 && !s.pinned)
                 .map(|(seq, _)| *seq)
                 .collect()
         };
