@@ -29,7 +29,10 @@
 //! Removals are not flushed one by one, just as an unlink was not: a crash
 //! right after a delivery may deliver that message again, never lose it.
 //! On start-up every segment is read back; a torn last record (a crash
-//! during an append, never acknowledged) is cut off.
+//! during an append, never acknowledged) is cut off. A damaged record
+//! between good ones is skipped and reported, the scan resyncs on the next
+//! record whose checksum holds, and that segment is never deleted
+//! automatically, so an operator can look at it.
 //!
 //! A spool of the earlier layout (one file per message in `active/`) is
 //! imported into segments on start-up, each file deleted once its record
