@@ -175,6 +175,12 @@ pub struct MdaConfig {
     /// Name the MDA's certificate must carry.
     #[serde(default = "default_mda_server_name")]
     pub server_name: String,
+    /// How long a "this local address exists" answer of the MDA's
+    /// directory is reused at RCPT time ("0s": ask every time). Only
+    /// positive answers are kept; an account removed meanwhile gets its
+    /// mail refused at delivery (a bounce) instead of at RCPT.
+    #[serde(default = "default_recipient_cache", with = "humantime_serde")]
+    pub recipient_cache: Duration,
 }
 
 impl Default for MdaConfig {
@@ -182,8 +188,13 @@ impl Default for MdaConfig {
         MdaConfig {
             endpoint: default_mda_endpoint(),
             server_name: default_mda_server_name(),
+            recipient_cache: default_recipient_cache(),
         }
     }
+}
+
+fn default_recipient_cache() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_mda_endpoint() -> String {

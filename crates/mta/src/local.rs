@@ -8,7 +8,8 @@ use correo_proto::directory::CheckRecipientRequest;
 use correo_proto::directory::directory_client::DirectoryClient;
 use correo_runtime::tls::{TlsError, TlsFiles, grpc_client_tls};
 use futures::future::BoxFuture;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 
 /// How long a RCPT may wait for the directory before answering 451.
@@ -30,6 +31,56 @@ pub enum MdaError {
 pub trait RecipientDirectory: Send + Sync {
     /// Ok(exists), or Err(reason) when the directory cannot answer.
     fn exists<'a>(&'a self, address: &'a str) -> BoxFuture<'a, Result<bool, String>>;
+}
+
+/// Positive answers of another directory, reused for a while: a burst of
+/// mail to the same users asks the MDA once per address and period
+/// instead of once per RCPT. Unknown addresses and errors are always asked
+/// again, so a new account works at once.
+pub struct CachedDirectory<D> {
+    inner: D,
+    ttl: Duration,
+    known: parking_lot::Mutex<HashMap<String, Instant>>,
+}
+
+/// Entries kept at most; past that the cache starts again empty.
+const CACHE_ENTRIES: usize = 10_000;
+
+impl<D: RecipientDirectory> CachedDirectory<D> {
+    pub fn new(inner: D, ttl: Duration) -> Self {
+        CachedDirectory {
+            inner,
+            ttl,
+            known: parking_lot::Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<D: RecipientDirectory> RecipientDirectory for CachedDirectory<D> {
+    fn exists<'a>(&'a self, address: &'a str) -> BoxFuture<'a, Result<bool, String>> {
+        Box::pin(async move {
+            if self.ttl.is_zero() {
+                return self.inner.exists(address).await;
+            }
+            let fresh = self
+                .known
+                .lock()
+                .get(address)
+                .is_some_and(|at| at.elapsed() < self.ttl);
+            if fresh {
+                return Ok(true);
+            }
+            let answer = self.inner.exists(address).await;
+            if let Ok(true) = answer {
+                let mut known = self.known.lock();
+                if known.len() >= CACHE_ENTRIES {
+                    known.clear();
+                }
+                known.insert(address.to_string(), Instant::now());
+            }
+            answer
+        })
+    }
 }
 
 /// The MDA's gRPC services on one lazily connected channel.
@@ -134,5 +185,41 @@ impl RecipientDirectory for Mda {
                 Err(_) => Err("directory: timeout".into()),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Knows "alice@example.test" only; counts the questions.
+    #[derive(Default)]
+    struct Counting(AtomicUsize);
+
+    impl RecipientDirectory for Counting {
+        fn exists<'a>(&'a self, address: &'a str) -> BoxFuture<'a, Result<bool, String>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move { Ok(address == "alice@example.test") })
+        }
+    }
+
+    #[tokio::test]
+    async fn only_positive_answers_are_reused_and_only_for_the_ttl() {
+        let cache = CachedDirectory::new(Counting::default(), Duration::from_millis(200));
+        for _ in 0..3 {
+            assert_eq!(cache.exists("alice@example.test").await, Ok(true));
+            assert_eq!(cache.exists("nobody@example.test").await, Ok(false));
+        }
+        // alice asked once, nobody every time.
+        assert_eq!(cache.inner.0.load(Ordering::SeqCst), 1 + 3);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(cache.exists("alice@example.test").await, Ok(true));
+        assert_eq!(cache.inner.0.load(Ordering::SeqCst), 5);
+
+        let uncached = CachedDirectory::new(Counting::default(), Duration::ZERO);
+        uncached.exists("alice@example.test").await.unwrap();
+        uncached.exists("alice@example.test").await.unwrap();
+        assert_eq!(uncached.inner.0.load(Ordering::SeqCst), 2);
     }
 }

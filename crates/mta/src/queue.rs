@@ -50,6 +50,9 @@ pub struct DiskFull {
 }
 
 /// Seconds since the Unix epoch.
+/// How often [`Queue::flush_if_dirty`] makes spool removals durable.
+const REMOVALS_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -195,6 +198,9 @@ pub struct Queue {
     schedule: Mutex<Schedule>,
     /// The index has writes not yet flushed to disk.
     dirty: AtomicBool,
+    /// When the spool's removal records were last flushed by
+    /// [`Queue::flush_if_dirty`].
+    removals_flushed: Mutex<std::time::Instant>,
     /// Wakes the scheduler when something became due.
     pub wake: Notify,
 }
@@ -235,6 +241,7 @@ impl Queue {
                 lock: Mutex::new(()),
                 schedule: Mutex::new(Schedule::default()),
                 dirty: AtomicBool::new(false),
+                removals_flushed: Mutex::new(std::time::Instant::now()),
                 wake: Notify::new(),
             };
             match queue.reconcile() {
@@ -780,8 +787,20 @@ impl Queue {
     /// rarely forgets it — a forgotten delivery is a duplicate).
     pub fn flush_if_dirty(&self) -> Result<bool, QueueError> {
         if self.dirty.swap(false, Ordering::SeqCst) {
-            // Removal records too, so a power loss repeats few deliveries.
-            self.spool.flush()?;
+            // Removal records too, at most once a second (each is an
+            // fdatasync the spool writer makes new mail wait for), so a
+            // power loss repeats only the last second's deliveries.
+            let due = {
+                let mut last = self.removals_flushed.lock();
+                let due = last.elapsed() >= REMOVALS_FLUSH_INTERVAL;
+                if due {
+                    *last = std::time::Instant::now();
+                }
+                due
+            };
+            if due {
+                self.spool.flush()?;
+            }
             self.index.flush()?;
             return Ok(true);
         }

@@ -204,7 +204,10 @@ impl Server {
             hostname: config.hostname.clone(),
             local_domains: config.local_domains.clone(),
             queue: queue.clone(),
-            directory: Arc::new(mda),
+            directory: Arc::new(crate::local::CachedDirectory::new(
+                mda,
+                config.mda.recipient_cache,
+            )),
         });
         let mut smtp_addrs = Vec::new();
         for addr in &config.smtp.listen {
