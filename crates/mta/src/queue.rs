@@ -118,6 +118,9 @@ impl Default for QueueOptions {
     }
 }
 
+/// A due message for the scheduler: its id and open destination domains.
+pub type Candidate = (String, Arc<[String]>);
+
 /// Messages by (due time, queue id), and each message's current key and
 /// the destination domains of its open recipients (so the scheduler can
 /// pass over a message whose destinations are all busy without reading
@@ -126,17 +129,78 @@ impl Default for QueueOptions {
 struct Schedule {
     by_time: BTreeSet<(i64, String)>,
     by_id: HashMap<String, (i64, Arc<[String]>)>,
+    /// The same entries per open destination domain, so the scheduler
+    /// looks only at domains that can take a delivery now.
+    by_domain: HashMap<String, BTreeSet<(i64, String)>>,
 }
 
 impl Schedule {
     fn set(&mut self, id: &str, due: Option<(i64, Arc<[String]>)>) {
-        if let Some((old, _)) = self.by_id.remove(id) {
-            self.by_time.remove(&(old, id.to_string()));
+        if let Some((old, domains)) = self.by_id.remove(id) {
+            let key = (old, id.to_string());
+            self.by_time.remove(&key);
+            for domain in domains.iter() {
+                if let Some(set) = self.by_domain.get_mut(domain) {
+                    set.remove(&key);
+                    if set.is_empty() {
+                        self.by_domain.remove(domain);
+                    }
+                }
+            }
         }
         if let Some((due, domains)) = due {
-            self.by_time.insert((due, id.to_string()));
+            let key = (due, id.to_string());
+            for domain in domains.iter() {
+                self.by_domain
+                    .entry(domain.clone())
+                    .or_default()
+                    .insert(key.clone());
+            }
+            self.by_time.insert(key);
             self.by_id.insert(id.to_string(), (due, domains));
         }
+    }
+
+    /// Due messages by destination: for every domain, up to `room(domain)`
+    /// of its earliest due messages for which `blocked(id, domain)` is
+    /// false; each message once, earliest first. The work is bounded by
+    /// the domains, the blocked messages and the room, not by how many
+    /// messages are due. The flag says whether some domain had more due
+    /// messages than room.
+    fn due_by_domain(
+        &self,
+        now: i64,
+        mut room: impl FnMut(&str) -> usize,
+        mut blocked: impl FnMut(&str, &str) -> bool,
+    ) -> (Vec<Candidate>, bool) {
+        let mut picked: HashMap<&str, i64> = HashMap::new();
+        let mut more = false;
+        for (domain, set) in &self.by_domain {
+            let mut left = room(domain);
+            if left == 0 {
+                continue;
+            }
+            for (due, id) in set.range(..(now.saturating_add(1), String::new())) {
+                if blocked(id, domain) {
+                    continue;
+                }
+                if left == 0 {
+                    more = true;
+                    break;
+                }
+                left -= 1;
+                picked.insert(id, *due);
+            }
+        }
+        let mut out: Vec<(i64, String, Arc<[String]>)> = picked
+            .into_iter()
+            .filter_map(|(id, due)| {
+                let (_, domains) = self.by_id.get(id)?;
+                Some((due, id.to_string(), domains.clone()))
+            })
+            .collect();
+        out.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        (out.into_iter().map(|(_, id, d)| (id, d)).collect(), more)
     }
 
     /// Ids due at `now`, earliest first.
@@ -406,6 +470,24 @@ impl Queue {
         keep: impl FnMut(&str, &[String]) -> bool,
     ) -> Vec<(String, Arc<[String]>)> {
         self.schedule.lock().due_where(now, keep)
+    }
+
+    /// [`Queue::due_ids_where`] by destination domain, with work bounded
+    /// by `room` rather than by the number of due messages (see
+    /// `Schedule::due_by_domain`). Both closures run under the schedule's
+    /// lock: they must not call the queue.
+    pub fn due_by_domain(
+        &self,
+        now: i64,
+        room: impl FnMut(&str) -> usize,
+        blocked: impl FnMut(&str, &str) -> bool,
+    ) -> (Vec<Candidate>, bool) {
+        self.schedule.lock().due_by_domain(now, room, blocked)
+    }
+
+    /// Drops a message from the schedule (its index entry is gone).
+    pub fn unschedule(&self, id: &str) {
+        self.schedule.lock().set(id, None);
     }
 
     /// The earliest due time after `now` of any queued, unheld message.
@@ -1217,6 +1299,50 @@ mod tests {
         q.record(&id, std::slice::from_ref(&later), 1000 + 10_800)
             .unwrap();
         assert_eq!(dsns(&q).len(), 1, "still only once after a rebuild");
+    }
+
+    #[test]
+    fn due_by_domain_takes_only_the_room_of_each_domain() {
+        let mut schedule = Schedule::default();
+        let domains = |list: &[&str]| -> Arc<[String]> {
+            list.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .into()
+        };
+        for i in 0..50 {
+            schedule.set(&format!("a{i:02}"), Some((100 + i, domains(&["a.test"]))));
+        }
+        schedule.set("both", Some((90, domains(&["a.test", "b.test"]))));
+        schedule.set("b-late", Some((500, domains(&["b.test"]))));
+        let ids = |picked: &[(String, Arc<[String]>)]| -> Vec<String> {
+            picked.iter().map(|(id, _)| id.clone()).collect()
+        };
+
+        // Room for 3 at a.test, none at b.test; "a00" is in flight.
+        let (picked, more) = schedule.due_by_domain(
+            200,
+            |d| if d == "a.test" { 3 } else { 0 },
+            |id, _| id == "a00",
+        );
+        assert_eq!(ids(&picked), ["both", "a01", "a02"]);
+        assert!(more);
+        // b.test alone: "both" once, "b-late" is not due yet.
+        let (picked, more) =
+            schedule.due_by_domain(200, |d| usize::from(d == "b.test") * 5, |_, _| false);
+        assert_eq!(ids(&picked), ["both"]);
+        assert!(!more);
+        // Re-keyed and removed entries leave every per-domain set.
+        schedule.set("both", None);
+        for i in 0..50 {
+            schedule.set(&format!("a{i:02}"), None);
+        }
+        assert_eq!(schedule.by_domain.len(), 1);
+        assert!(
+            schedule.by_domain["b.test"]
+                .iter()
+                .all(|(_, id)| id == "b-late")
+        );
     }
 
     #[tokio::test]

@@ -295,9 +295,21 @@ impl Scheduler {
                 .iter()
                 .any(|d| !full.contains(d) && !blocked.contains(&(id.to_string(), d.clone())))
         };
-        let candidates = self
-            .queue
-            .due_ids_where(now, |id, domains| may_start(id, domains, &full));
+        let available: HashMap<String, usize> = self
+            .per_domain
+            .lock()
+            .iter()
+            .map(|(d, s)| (d.clone(), s.available_permits()))
+            .collect();
+        let per_destination = self.limits.per_destination;
+        let (candidates, more) = self.queue.due_by_domain(
+            now,
+            |domain| available.get(domain).copied().unwrap_or(per_destination),
+            |id, domain| blocked.contains(&(id.to_string(), domain.to_string())),
+        );
+        // Whether this round started or postponed anything: only then is
+        // another round right away worth it when `more` is due.
+        let mut progressed = false;
         for (id, domains) in candidates {
             if self.global.available_permits() == 0 {
                 break; // Everything is busy; finished jobs wake us.
@@ -310,7 +322,10 @@ impl Scheduler {
             };
             let message = match self.queue.show(&id) {
                 Ok(Some(message)) => message,
-                Ok(None) => continue,
+                Ok(None) => {
+                    self.queue.unschedule(&id);
+                    continue;
+                }
                 Err(e) => {
                     tracing::error!(queue_id = %id, error = %e, "cannot read the queue index");
                     continue;
@@ -350,6 +365,7 @@ impl Scheduler {
                         let reply = format!(
                             "451 4.4.1 destination {domain} backed off after {failures} consecutive connection failures"
                         );
+                        progressed = true;
                         if let Err(e) =
                             self.queue
                                 .postpone(&queue_id, &recipients, until, &reply, now)
@@ -376,6 +392,7 @@ impl Scheduler {
                     full.insert(domain.clone());
                 }
                 self.in_flight.lock().insert(key.clone());
+                progressed = true;
                 let job = Job {
                     queue_id: queue_id.clone(),
                     journey: message.journey_id.clone(),
@@ -407,8 +424,13 @@ impl Scheduler {
                 });
             }
         }
+        // Some destination had more due mail than room this round (say a
+        // backed-off one, whose messages are postponed a batch at a time):
+        // come back at once instead of after the idle wait.
+        if more && progressed {
+            self.queue.wake.notify_one();
+        }
         // Forget idle destinations so the map does not grow forever.
-        let per_destination = self.limits.per_destination;
         self.per_domain
             .lock()
             .retain(|_, s| s.available_permits() < per_destination);
