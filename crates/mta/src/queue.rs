@@ -205,25 +205,9 @@ impl Schedule {
 
     /// Ids due at `now`, earliest first.
     fn due(&self, now: i64) -> Vec<String> {
-        self.due_where(now, |_, _| true)
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect()
-    }
-
-    /// Ids due at `now`, with their open domains, for which `keep(id,
-    /// domains)` holds; earliest first.
-    fn due_where(
-        &self,
-        now: i64,
-        mut keep: impl FnMut(&str, &[String]) -> bool,
-    ) -> Vec<(String, Arc<[String]>)> {
         self.by_time
             .range(..(now.saturating_add(1), String::new()))
-            .filter_map(|(_, id)| {
-                let (_, domains) = self.by_id.get(id)?;
-                keep(id, domains).then(|| (id.clone(), domains.clone()))
-            })
+            .map(|(_, id)| id.clone())
             .collect()
     }
 
@@ -461,18 +445,7 @@ impl Queue {
         self.schedule.lock().due(now)
     }
 
-    /// [`Queue::due_ids`] with each message's open destination domains,
-    /// filtered by `keep(id, domains)`, still without reading the index.
-    /// `keep` runs under the schedule's lock: it must not call the queue.
-    pub fn due_ids_where(
-        &self,
-        now: i64,
-        keep: impl FnMut(&str, &[String]) -> bool,
-    ) -> Vec<(String, Arc<[String]>)> {
-        self.schedule.lock().due_where(now, keep)
-    }
-
-    /// [`Queue::due_ids_where`] by destination domain, with work bounded
+    /// [`Queue::due_ids`] by destination domain, with work bounded
     /// by `room` rather than by the number of due messages (see
     /// `Schedule::due_by_domain`). Both closures run under the schedule's
     /// lock: they must not call the queue.

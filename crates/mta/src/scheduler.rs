@@ -268,12 +268,12 @@ impl Scheduler {
         let now = now_secs();
         let instant = Instant::now();
         self.cooldown.lock().retain(|_, until| *until > instant);
-        // Only due messages are read (the queue's time-ordered schedule),
-        // and of those only the ones with a destination that could start
-        // now: a message whose every open domain is in flight for it, cooling
-        // down, or at its per-destination limit is passed over without
-        // reading the index. Without this, every wake-up (one per enqueue and
-        // per finished job) re-read every queued message during a burst.
+        // Due work is found per destination domain, and only as much as
+        // each domain has free delivery slots for (`Queue::due_by_domain`),
+        // passing over messages in flight or cooling down, without reading
+        // the index. Walking every due message on every wake-up (one per
+        // enqueue and per finished job) was a fifth of the MTA's CPU in a
+        // burst (docs/BENCHMARKS.md, run 5).
         let blocked: HashSet<(String, String)> = {
             let in_flight = self.in_flight.lock();
             let cooldown = self.cooldown.lock();
@@ -283,11 +283,15 @@ impl Scheduler {
                 .map(|(id, domain)| (id.to_string(), domain.clone()))
                 .collect()
         };
-        let mut full: HashSet<String> = self
+        let available: HashMap<String, usize> = self
             .per_domain
             .lock()
             .iter()
-            .filter(|(_, s)| s.available_permits() == 0)
+            .map(|(d, s)| (d.clone(), s.available_permits()))
+            .collect();
+        let mut full: HashSet<String> = available
+            .iter()
+            .filter(|(_, free)| **free == 0)
             .map(|(d, _)| d.clone())
             .collect();
         let may_start = |id: &str, domains: &[String], full: &HashSet<String>| {
@@ -295,12 +299,6 @@ impl Scheduler {
                 .iter()
                 .any(|d| !full.contains(d) && !blocked.contains(&(id.to_string(), d.clone())))
         };
-        let available: HashMap<String, usize> = self
-            .per_domain
-            .lock()
-            .iter()
-            .map(|(d, s)| (d.clone(), s.available_permits()))
-            .collect();
         let per_destination = self.limits.per_destination;
         let (candidates, more) = self.queue.due_by_domain(
             now,

@@ -582,6 +582,17 @@ mod tests {
     use super::*;
     use correo_smtp::reader::dot_stuff;
 
+    /// a@example.test (password "pw") sending `message` to `recipients`.
+    fn alice_to<'a>(recipients: &'a [String], message: &'a [u8]) -> Submission<'a> {
+        Submission {
+            user: "a@example.test",
+            password: "pw",
+            sender: "a@example.test",
+            recipients,
+            message,
+        }
+    }
+
     fn stuffed(chunks: &[&[u8]]) -> Vec<u8> {
         let mut stuffer = DotStuffer::default();
         let mut out = Vec::new();
@@ -715,13 +726,7 @@ mod tests {
             data
         });
         let recipients = vec!["b@example.test".to_string()];
-        let submission = Submission {
-            user: "a@example.test",
-            password: "pw",
-            sender: "a@example.test",
-            recipients: &recipients,
-            message: &message,
-        };
+        let submission = alice_to(&recipients, &message);
         let mut reports = Vec::new();
         let mut session = Session::new(client, Duration::from_secs(5));
         session.greeting().await.unwrap();
@@ -802,13 +807,7 @@ mod tests {
             server.write_all(b"221 bye\r\n").await.unwrap();
         });
         let recipients = vec!["b@example.test".to_string()];
-        let submission = Submission {
-            user: "a@example.test",
-            password: "pw",
-            sender: "a@example.test",
-            recipients: &recipients,
-            message: b"Subject: x\r\n\r\nhi\r\n",
-        };
+        let submission = alice_to(&recipients, b"Subject: x\r\n\r\nhi\r\n");
         let mut session = Session::new(client, Duration::from_millis(500))
             .with_data_timeout(Duration::from_secs(20));
         session.greeting().await.unwrap();

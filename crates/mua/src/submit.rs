@@ -480,6 +480,18 @@ mod tests {
         }
     }
 
+    /// Submits the big test message with `password` over STARTTLS to a
+    /// fresh server playing `script`; returns the refusal, and the server
+    /// for what it saw.
+    async fn refused(script: Script, password: &str) -> (SubmitError, TestServer) {
+        let server = TestServer::start(script).await;
+        let profile = server.profile(Security::Starttls);
+        let err = submit(&profile, password, &big_message(&["bob@example.test"]))
+            .await
+            .unwrap_err();
+        (err, server)
+    }
+
     /// Runs commands until QUIT (false) or STARTTLS (true), or until the
     /// client goes away (false).
     async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
@@ -690,15 +702,14 @@ mod tests {
 
     #[tokio::test]
     async fn transient_refusal_is_deferred() {
-        let server = TestServer::start(Script {
-            refuse: Some(("bob@example.test", "451 4.3.0 try again later")),
-            ..Default::default()
-        })
+        let (err, _server) = refused(
+            Script {
+                refuse: Some(("bob@example.test", "451 4.3.0 try again later")),
+                ..Default::default()
+            },
+            "pw",
+        )
         .await;
-        let profile = server.profile(Security::Starttls);
-        let err = submit(&profile, "pw", &big_message(&["bob@example.test"]))
-            .await
-            .unwrap_err();
         assert!(
             matches!(&err, SubmitError::Deferred { code, .. } if code == "451"),
             "{err:?}"
@@ -708,15 +719,14 @@ mod tests {
 
     #[tokio::test]
     async fn no_starttls_means_no_password() {
-        let server = TestServer::start(Script {
-            offer_starttls: false,
-            ..Default::default()
-        })
+        let (err, server) = refused(
+            Script {
+                offer_starttls: false,
+                ..Default::default()
+            },
+            "pw",
+        )
         .await;
-        let profile = server.profile(Security::Starttls);
-        let err = submit(&profile, "pw", &big_message(&["bob@example.test"]))
-            .await
-            .unwrap_err();
         assert!(matches!(err, SubmitError::Tls { .. }), "{err:?}");
         assert!(err.to_string().contains("STARTTLS"), "{err}");
         let seen = server.seen().await;
@@ -725,15 +735,14 @@ mod tests {
 
     #[tokio::test]
     async fn login_when_plain_is_not_offered_and_a_wrong_password() {
-        let server = TestServer::start(Script {
-            auth: "LOGIN",
-            ..Default::default()
-        })
+        let (err, server) = refused(
+            Script {
+                auth: "LOGIN",
+                ..Default::default()
+            },
+            "wrong",
+        )
         .await;
-        let profile = server.profile(Security::Starttls);
-        let err = submit(&profile, "wrong", &big_message(&["bob@example.test"]))
-            .await
-            .unwrap_err();
         assert!(matches!(err, SubmitError::Auth { .. }), "{err:?}");
         assert!(err.to_string().contains("535 5.7.8"), "{err}");
         let seen = server.seen().await;
@@ -742,15 +751,14 @@ mod tests {
 
     #[tokio::test]
     async fn no_plain_or_login_is_no_auth() {
-        let server = TestServer::start(Script {
-            auth: "SCRAM-SHA-256",
-            ..Default::default()
-        })
+        let (err, _server) = refused(
+            Script {
+                auth: "SCRAM-SHA-256",
+                ..Default::default()
+            },
+            "pw",
+        )
         .await;
-        let profile = server.profile(Security::Starttls);
-        let err = submit(&profile, "pw", &big_message(&["bob@example.test"]))
-            .await
-            .unwrap_err();
         assert!(matches!(err, SubmitError::NoAuth { .. }), "{err:?}");
         assert!(err.to_string().contains("SCRAM-SHA-256"), "{err}");
     }

@@ -280,6 +280,11 @@ impl Spool {
         Ok((id, header))
     }
 
+    /// How errors name a message's record: the segment directory and id.
+    fn record_path(&self, id: &QueueId) -> PathBuf {
+        self.segments.dir().join(id.as_str())
+    }
+
     /// Reads `want` octets of a message's record body (all of it if
     /// `want` is None), checking the CRC when the whole body is read.
     fn read_body(&self, id: &QueueId, want: Option<u64>) -> Result<Vec<u8>, SpoolError> {
@@ -287,7 +292,7 @@ impl Spool {
             .segments
             .locate(id)
             .ok_or_else(|| SpoolError::Missing(id.to_string()))?;
-        let path = self.segments.dir().join(id.as_str());
+        let path = self.record_path(id);
         let body_len = loc.len - record::HEADER_LEN as u64;
         let whole = want.is_none_or(|w| w >= body_len);
         let read_len = if whole {
@@ -317,7 +322,7 @@ impl Spool {
     /// The envelope and the offset of the message in its record body,
     /// reading no more of a large body than needed.
     fn read_head(&self, id: &QueueId) -> Result<(SpoolEnvelope, usize, Vec<u8>), SpoolError> {
-        let path = self.segments.dir().join(id.as_str());
+        let path = self.record_path(id);
         let head = self.read_body(id, Some(HEAD_WINDOW))?;
         if let Ok((envelope, offset)) = parse_header(&path, &head) {
             return Ok((envelope, offset, head));
@@ -344,7 +349,7 @@ impl Spool {
     /// Reads a queued message: envelope and message.
     pub fn read(&self, id: &QueueId) -> Result<SpooledMessage, SpoolError> {
         let mut content = self.read_body(id, None)?;
-        let path = self.segments.dir().join(id.as_str());
+        let path = self.record_path(id);
         let (envelope, offset) = parse_header(&path, &content)?;
         content.drain(..offset);
         Ok(SpooledMessage {
