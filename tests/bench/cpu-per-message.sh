@@ -6,13 +6,15 @@
 # average. Used to record what an optimisation bought (docs/BENCHMARKS.md,
 # "CPU per message").
 #   usage: tests/bench/cpu-per-message.sh [MESSAGES=2000] [SESSIONS=20] [SIZE=1024]
+#   CORREO_BENCH=dir/correo-bench runs the roles next to that binary instead
+#   (an A/B comparison of two builds).
 # Needs release binaries (cargo build --release -p mta -p mda -p msa -p correo-dns
 # -p correo-bench) and smtp-source (../shared/peers/postfix/setup.sh installs it).
 set -euo pipefail
 n=${1:-2000}; s=${2:-20}; size=${3:-1024}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=$(mktemp)
-"$root/target/release/correo-bench" --serve 3600 --idle "${IDLE:-0}" > "$out" &
+"${CORREO_BENCH:-$root/target/release/correo-bench}" --serve 3600 --idle "${IDLE:-0}" > "$out" &
 bench=$!
 # SIGTERM ends correo-bench without its clean-up: stop the roles it started too.
 trap 'kill $bench $(awk '"'"'/^pid /{print $3}'"'"' "$out") 2>/dev/null; rm -f "$out"' EXIT

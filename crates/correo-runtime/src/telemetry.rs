@@ -8,6 +8,7 @@
 //! that has a `journey_event` field as a journey event, whatever the log
 //! level.
 
+use std::io::IsTerminal;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, fmt};
@@ -37,6 +38,9 @@ pub fn init(role: &str, format: LogFormat) {
             .boxed(),
         LogFormat::Text => fmt::layer()
             .with_target(false)
+            // Colours only on a terminal: escape codes in a log file are
+            // noise to grep and to log collectors.
+            .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)
             .boxed(),
     };

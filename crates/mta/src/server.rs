@@ -10,7 +10,7 @@ use crate::relay::{Relay, SmtpClient};
 use crate::retry::RetryPolicy;
 use crate::route::{DnsError, HickoryResolver};
 use crate::scheduler::{Limits, Router, Scheduler};
-use crate::space::Statvfs;
+use crate::space::{Recent, Statvfs};
 use correo_proto::admin::queue_admin_server::QueueAdminServer;
 use correo_proto::queue::queue_server::QueueServer;
 use correo_runtime::tls::{TlsError, grpc_server_tls, load_certs, smtp_server_config};
@@ -98,7 +98,8 @@ impl Server {
         let options = QueueOptions {
             hostname: config.hostname.clone(),
             min_free_bytes: config.spool.min_free_bytes,
-            probe: Arc::new(Statvfs),
+            // statvfs at most once a second, not once per MAIL.
+            probe: Arc::new(Recent::new(Statvfs, Duration::from_secs(1))),
         };
         // Reconciliation reads every spool file: keep it off the workers.
         let (queue, report) =

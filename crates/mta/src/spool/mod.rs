@@ -127,6 +127,11 @@ pub struct Spool {
     segments: Segments,
     /// Where `.done` files live (and, in the earlier layout, messages).
     active: PathBuf,
+    /// Messages that may have a `.done` file: found at open, or appended
+    /// to since. Most messages never get one (a single recipient delivered
+    /// at the first attempt), and [`Spool::remove`] unlinks only these
+    /// instead of trying an unlink per message.
+    with_done: parking_lot::Mutex<std::collections::HashSet<QueueId>>,
 }
 
 impl Spool {
@@ -144,7 +149,11 @@ impl Spool {
         std::fs::create_dir_all(&active).map_err(io_err(&active))?;
         let segments =
             Segments::open(&seg_dir, segment_size, message_id).map_err(io_err(&seg_dir))?;
-        let spool = Spool { segments, active };
+        let spool = Spool {
+            segments,
+            active,
+            with_done: Default::default(),
+        };
         spool.import_file_layout(&root)?;
         Ok(spool)
     }
@@ -160,7 +169,8 @@ impl Spool {
     }
 
     /// Moves messages of the one-file-per-message layout (`active/<id>`,
-    /// whose content is exactly a record body) into segments.
+    /// whose content is exactly a record body) into segments, and notes
+    /// which messages have a `.done` file.
     fn import_file_layout(&self, root: &Path) -> Result<(), SpoolError> {
         let tmp = root.join("tmp");
         if tmp.is_dir() {
@@ -173,7 +183,13 @@ impl Spool {
         let entries = std::fs::read_dir(&self.active).map_err(io_err(&self.active))?;
         for entry in entries {
             let entry = entry.map_err(io_err(&self.active))?;
-            let Some(id) = entry.file_name().to_str().and_then(QueueId::parse) else {
+            let name = entry.file_name();
+            let name = name.to_str().unwrap_or_default();
+            if let Some(id) = name.strip_suffix(".done").and_then(QueueId::parse) {
+                self.with_done.lock().insert(id);
+                continue;
+            }
+            let Some(id) = QueueId::parse(name) else {
                 continue;
             };
             let path = entry.path();
@@ -378,6 +394,8 @@ impl Spool {
     /// rebuilt index does not deliver it again.
     pub fn append_done(&self, id: &QueueId, record: &DoneRecord) -> Result<(), SpoolError> {
         let path = self.done_path(id);
+        // Before the file exists, so `remove` can never miss it.
+        self.with_done.lock().insert(id.clone());
         let mut line = serde_json::to_vec(record).map_err(|e| SpoolError::Corrupt {
             path: path.clone(),
             reason: e.to_string(),
@@ -418,11 +436,17 @@ impl Spool {
     /// its `.done` file. Removing what is already gone is not an error.
     pub fn remove(&self, id: &QueueId) -> Result<(), SpoolError> {
         self.segments.remove(id);
+        if !self.with_done.lock().remove(id) {
+            return Ok(());
+        }
         let path = self.done_path(id);
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err(&path)(e)),
+            Err(e) => {
+                self.with_done.lock().insert(id.clone());
+                Err(io_err(&path)(e))
+            }
         }
     }
 
@@ -533,6 +557,30 @@ mod tests {
         assert!(matches!(spool.read(&id), Err(SpoolError::Missing(_))));
         assert!(!spool.done_path(&id).exists());
         spool.remove(&id).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_done_file_found_at_open_is_removed_with_its_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = QueueId::generate();
+        let done_path = {
+            let spool = Spool::open(dir.path()).unwrap();
+            spool.store(&envelope(&id), &b"m"[..]).await.unwrap();
+            let done = DoneRecord {
+                recipient: "b@example.test".into(),
+                state: "delivered".into(),
+                reply: "250 ok".into(),
+            };
+            spool.append_done(&id, &done).unwrap();
+            spool.done_path(&id)
+        };
+        let spool = Spool::open(dir.path()).unwrap();
+        assert!(done_path.exists());
+        spool.remove(&id).unwrap();
+        assert!(
+            !done_path.exists(),
+            "the reopened spool knew of the .done file"
+        );
     }
 
     #[tokio::test]
