@@ -158,6 +158,57 @@ impl MailStore {
         rcpt: &Address,
         message: &[u8],
     ) -> Result<Delivered, MaildirError> {
+        let delivered = self.write_unsynced(user, sender, rcpt, message)?;
+        sync_new_dir(new_dir_of(&delivered.path))?;
+        Ok(delivered)
+    }
+
+    /// [`MailStore::deliver`] for several messages (user, sender, message;
+    /// `Delivered-To` is the user): every file is written and fsynced, then
+    /// each Maildir's `new/` is fsynced once for all of its messages. One
+    /// result per item, in order; a message counts as delivered only once
+    /// its directory fsync succeeded.
+    pub fn deliver_many<M: AsRef<[u8]>>(
+        &self,
+        items: &[(Address, String, M)],
+    ) -> Vec<Result<Delivered, MaildirError>> {
+        let mut written: Vec<Result<Delivered, MaildirError>> = items
+            .iter()
+            .map(|(user, sender, message)| {
+                self.write_unsynced(user, sender, user, message.as_ref())
+            })
+            .collect();
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for delivered in written.iter().flatten() {
+            let dir = new_dir_of(&delivered.path);
+            if !dirs.iter().any(|d| d == dir) {
+                dirs.push(dir.to_path_buf());
+            }
+        }
+        for dir in dirs {
+            if let Err(e) = sync_new_dir(&dir) {
+                for result in written.iter_mut() {
+                    if matches!(result, Ok(d) if new_dir_of(&d.path) == dir) {
+                        *result = Err(MaildirError::Io {
+                            path: dir.clone(),
+                            source: std::io::Error::other(e.to_string()),
+                        });
+                    }
+                }
+            }
+        }
+        written
+    }
+
+    /// Writes the file of [`MailStore::deliver`] into `new/`, complete and
+    /// fsynced, but leaves the fsync of `new/` itself to the caller.
+    fn write_unsynced(
+        &self,
+        user: &Address,
+        sender: &str,
+        rcpt: &Address,
+        message: &[u8],
+    ) -> Result<Delivered, MaildirError> {
         let maildir = self.ensure_maildir(user)?;
         let prefix = format!("Return-Path: <{sender}>\r\nDelivered-To: {rcpt}\r\n");
         let size = (prefix.len() + message.len()) as u64;
@@ -176,7 +227,6 @@ impl MailStore {
             }
             other => other?,
         };
-        sync_new_dir(&maildir.join("new"))?;
         let mut header = prefix.into_bytes();
         header.extend_from_slice(header_part(message));
         Ok(Delivered {
@@ -391,6 +441,11 @@ fn mtime_secs(meta: &std::fs::Metadata) -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// The `new/` directory a delivered file is in.
+fn new_dir_of(file: &Path) -> &Path {
+    file.parent().expect("delivered files are inside new/")
+}
+
 /// Fsyncs a Maildir's `new/` through the process's group-commit syncer, so
 /// that concurrent deliveries share one directory fsync; directly if the
 /// syncer thread could not be started.
@@ -535,6 +590,45 @@ mod tests {
             &std::fs::metadata(&d.path).unwrap().permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn deliver_many_writes_every_message_and_keeps_their_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MailStore::new(dir.path(), "mda.example.test");
+        let bob = Address::parse("bob@example.test").unwrap();
+        let items = [
+            (
+                alice(),
+                "x@remote.test".to_string(),
+                &b"Subject: 1\r\n\r\none\r\n"[..],
+            ),
+            (
+                bob.clone(),
+                String::new(),
+                &b"Subject: 2\r\n\r\ntwo\r\n"[..],
+            ),
+            (
+                alice(),
+                "y@remote.test".to_string(),
+                &b"Subject: 3\r\n\r\nthree\r\n"[..],
+            ),
+        ];
+        let results = store.deliver_many(&items);
+        assert_eq!(results.len(), 3);
+        for ((user, sender, message), result) in items.iter().zip(&results) {
+            let delivered = result.as_ref().unwrap();
+            assert_eq!(
+                delivered.path.parent().unwrap(),
+                store.maildir(user).join("new")
+            );
+            let body = std::fs::read(&delivered.path).unwrap();
+            let head = format!("Return-Path: <{sender}>\r\nDelivered-To: {user}\r\n");
+            assert!(body.starts_with(head.as_bytes()) && body.ends_with(message));
+        }
+        assert_eq!(store.list(&alice()).unwrap().len(), 2);
+        assert_eq!(store.list(&bob).unwrap().len(), 1);
+        assert!(store.deliver_many::<&[u8]>(&[]).is_empty());
     }
 
     #[test]

@@ -642,3 +642,127 @@ async fn malformed_deliveries_are_refused_and_write_nothing() {
     );
     r.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_delivers_each_message_and_keeps_a_bad_one_to_itself() {
+    let r = start().await;
+    let channel = internal_channel(&r, true).await.unwrap();
+    let message = |sender: &str, recipients: &[&str], queue_id: &str, body: &str| {
+        let mut chunks = vec![DeliverChunk {
+            part: Some(deliver_chunk::Part::Envelope(DeliveryEnvelope {
+                sender: sender.into(),
+                recipients: recipients.iter().map(|s| s.to_string()).collect(),
+                queue_id: queue_id.into(),
+                journey_id: "j-batch".into(),
+            })),
+        }];
+        chunks.extend(body.as_bytes().chunks(17).map(|piece| DeliverChunk {
+            part: Some(deliver_chunk::Part::Data(piece.to_vec())),
+        }));
+        chunks
+    };
+    let batch: Vec<DeliverChunk> = [
+        message(
+            "bob@example.test",
+            &["alice@example.test"],
+            "00000000000000a1",
+            MESSAGE,
+        ),
+        message(
+            "x>\r\nX-Evil: 1",
+            &["alice@example.test"],
+            "00000000000000a2",
+            MESSAGE,
+        ),
+        message(
+            "",
+            &["bob@example.test", "nobody@example.test"],
+            "00000000000000a3",
+            "Subject: to bob\r\n\r\nHi.\r\n",
+        ),
+        message(
+            "carol@remote.test",
+            &["alice@example.test", "Postmaster@EXAMPLE.test"],
+            "00000000000000a4",
+            "Subject: twice\r\n\r\nOne copy.\r\n",
+        ),
+    ]
+    .concat();
+    let replies = DeliveryClient::new(channel.clone())
+        .deliver_batch(futures::stream::iter(batch))
+        .await
+        .unwrap()
+        .into_inner()
+        .messages;
+    let got: Vec<Vec<_>> = replies
+        .iter()
+        .map(|reply| {
+            reply
+                .results
+                .iter()
+                .map(|r| (r.recipient.as_str(), r.status, r.code))
+                .collect()
+        })
+        .collect();
+    let delivered = DeliveryStatus::Delivered as i32;
+    assert_eq!(
+        got,
+        vec![
+            vec![("alice@example.test", delivered, 250)],
+            // Refused on its own: the others are delivered all the same.
+            vec![("alice@example.test", DeliveryStatus::Temporary as i32, 451)],
+            vec![
+                ("bob@example.test", delivered, 250),
+                ("nobody@example.test", DeliveryStatus::Permanent as i32, 550),
+            ],
+            // The alias leads to alice: one copy, the same result.
+            vec![
+                ("alice@example.test", delivered, 250),
+                ("Postmaster@EXAMPLE.test", delivered, 250),
+            ],
+        ]
+    );
+    let new = |user: &str| {
+        let dir = r.data.join(format!("mail/example.test/{user}/Maildir/new"));
+        let mut bodies: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+            .collect();
+        bodies.sort();
+        bodies
+    };
+    let alice = new("alice");
+    assert_eq!(alice.len(), 2, "{alice:?}");
+    assert!(
+        alice
+            .iter()
+            .any(|b| b.starts_with("Return-Path: <bob@example.test>\r\n") && b.ends_with(MESSAGE))
+    );
+    assert!(
+        alice
+            .iter()
+            .any(|b| b.starts_with("Return-Path: <carol@remote.test>\r\n")
+                && b.ends_with("One copy.\r\n"))
+    );
+    assert_eq!(
+        new("bob"),
+        vec!["Return-Path: <>\r\nDelivered-To: bob@example.test\r\nSubject: to bob\r\n\r\nHi.\r\n"]
+    );
+
+    // Data before any envelope is refused as a whole; an empty batch is fine.
+    let orphan = DeliverChunk {
+        part: Some(deliver_chunk::Part::Data(MESSAGE.as_bytes().to_vec())),
+    };
+    let err = DeliveryClient::new(channel.clone())
+        .deliver_batch(futures::stream::iter(vec![orphan]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let empty = DeliveryClient::new(channel)
+        .deliver_batch(futures::stream::iter(Vec::<DeliverChunk>::new()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(empty.messages.is_empty());
+    r.stop().await;
+}

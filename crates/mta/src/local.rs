@@ -3,13 +3,19 @@
 
 use crate::queue::Outcome;
 use correo_proto::delivery::delivery_client::DeliveryClient;
-use correo_proto::delivery::{DeliverChunk, DeliveryEnvelope, DeliveryStatus, deliver_chunk};
+use correo_proto::delivery::{
+    DeliverChunk, DeliverReply, DeliveryEnvelope, DeliveryStatus, deliver_chunk,
+};
 use correo_proto::directory::CheckRecipientRequest;
 use correo_proto::directory::directory_client::DirectoryClient;
 use correo_runtime::tls::{TlsError, TlsFiles, grpc_client_tls};
 use futures::future::BoxFuture;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
 /// How long a RCPT may wait for the directory before answering 451.
@@ -83,10 +89,80 @@ impl<D: RecipientDirectory> RecipientDirectory for CachedDirectory<D> {
     }
 }
 
+/// Concurrent DeliverBatch calls at most; messages that come while they
+/// run wait for the next batch. A few keep the MDA busy (while one batch
+/// is written, the next is on the wire) and let bursts form batches.
+const BATCH_CALLS: usize = 2;
+/// Messages per batch at most.
+const BATCH_MESSAGES: usize = 64;
+/// Octets per batch at most; a message larger than this goes alone,
+/// through Deliver.
+const BATCH_BYTES: usize = 4 << 20;
+
 /// The MDA's gRPC services on one lazily connected channel.
 #[derive(Clone)]
 pub struct Mda {
     channel: Channel,
+    batches: Arc<Batches>,
+}
+
+/// Local deliveries waiting for a DeliverBatch call.
+#[derive(Default)]
+struct Batches {
+    state: parking_lot::Mutex<BatchState>,
+    /// Set once the MDA answered UNIMPLEMENTED (an MDA older than
+    /// DeliverBatch): from then on every message goes through Deliver.
+    unsupported: AtomicBool,
+}
+
+#[derive(Default)]
+struct BatchState {
+    waiting: VecDeque<Pending>,
+    calls: usize,
+}
+
+/// One message waiting for its batch, and where its answer goes.
+struct Pending {
+    chunks: Vec<DeliverChunk>,
+    size: usize,
+    reply: oneshot::Sender<Result<DeliverReply, Status>>,
+}
+
+impl Batches {
+    /// Queues a message; returns a batch to send now if a call slot is free.
+    fn enqueue(&self, pending: Pending) -> Option<Vec<Pending>> {
+        let mut state = self.state.lock();
+        state.waiting.push_back(pending);
+        if state.calls >= BATCH_CALLS {
+            return None;
+        }
+        state.calls += 1;
+        Some(take_batch(&mut state.waiting))
+    }
+
+    /// After a call: the next batch, or the call slot given back.
+    fn next(&self) -> Option<Vec<Pending>> {
+        let mut state = self.state.lock();
+        if state.waiting.is_empty() {
+            state.calls -= 1;
+            return None;
+        }
+        Some(take_batch(&mut state.waiting))
+    }
+}
+
+/// The oldest waiting messages, up to the batch limits (at least one).
+fn take_batch(waiting: &mut VecDeque<Pending>) -> Vec<Pending> {
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    while let Some(next) = waiting.front() {
+        if !batch.is_empty() && (batch.len() >= BATCH_MESSAGES || bytes + next.size > BATCH_BYTES) {
+            break;
+        }
+        bytes += next.size;
+        batch.extend(waiting.pop_front());
+    }
+    batch
 }
 
 impl Mda {
@@ -96,11 +172,19 @@ impl Mda {
             .tls_config(grpc_client_tls(tls, server_name, true)?)?
             .connect_timeout(Duration::from_secs(10))
             .connect_lazy();
-        Ok(Mda { channel })
+        Ok(Mda {
+            channel,
+            batches: Default::default(),
+        })
     }
 
     /// Hands a message to the MDA; one outcome per recipient. An MDA that
     /// cannot be reached or answers with an error defers everyone.
+    ///
+    /// Messages that arrive while [`BATCH_CALLS`] calls are under way are
+    /// sent together in the next DeliverBatch call: under load one call
+    /// (and one fsync of each Maildir) serves many messages, and a lone
+    /// message still goes at once.
     pub async fn deliver(
         &self,
         queue_id: &str,
@@ -109,21 +193,93 @@ impl Mda {
         recipients: &[String],
         message: &[u8],
     ) -> Vec<(String, Outcome)> {
-        let mut chunks = vec![DeliverChunk {
-            part: Some(deliver_chunk::Part::Envelope(DeliveryEnvelope {
-                sender: sender.to_string(),
-                recipients: recipients.to_vec(),
-                queue_id: queue_id.to_string(),
-                journey_id: journey.to_string(),
-            })),
-        }];
-        chunks.extend(
-            message
-                .chunks(correo_proto::CHUNK_SIZE)
-                .map(|c| DeliverChunk {
-                    part: Some(deliver_chunk::Part::Data(c.to_vec())),
-                }),
-        );
+        let chunks = message_chunks(queue_id, journey, sender, recipients, message);
+        let reply = if message.len() > BATCH_BYTES || self.batches.unsupported.load(Relaxed) {
+            self.deliver_one(chunks, journey).await
+        } else {
+            let (reply, answer) = oneshot::channel();
+            let pending = Pending {
+                chunks,
+                size: message.len(),
+                reply,
+            };
+            if let Some(batch) = self.batches.enqueue(pending) {
+                // A task of its own: the call must finish (and hand the
+                // slot on) even if this caller is cancelled.
+                let mda = self.clone();
+                tokio::spawn(async move { mda.send_batches(batch).await });
+            }
+            answer
+                .await
+                .unwrap_or_else(|_| Err(Status::unavailable("delivery batch abandoned")))
+        };
+        outcomes(recipients, reply)
+    }
+
+    /// Sends `batch`, then whatever queued up meanwhile, until nothing waits.
+    async fn send_batches(self, mut batch: Vec<Pending>) {
+        loop {
+            self.send_batch(batch).await;
+            match self.batches.next() {
+                Some(next) => batch = next,
+                None => return,
+            }
+        }
+    }
+
+    /// One DeliverBatch call; every message of it gets its own answer.
+    async fn send_batch(&self, batch: Vec<Pending>) {
+        if self.batches.unsupported.load(Relaxed) {
+            return self.send_one_by_one(batch).await;
+        }
+        let (chunks, replies): (Vec<_>, Vec<_>) =
+            batch.into_iter().map(|p| (p.chunks, p.reply)).unzip();
+        let mut request = tonic::Request::new(tokio_stream::iter(chunks.into_iter().flatten()));
+        request.set_timeout(DELIVER_TIMEOUT);
+        let mut client = DeliveryClient::new(self.channel.clone());
+        let answers = match client.deliver_batch(request).await {
+            Ok(reply) => reply.into_inner().messages,
+            Err(status) => {
+                if status.code() == tonic::Code::Unimplemented {
+                    // The messages went into the call, so they are deferred
+                    // this once (nothing is lost) and retried one by one.
+                    tracing::warn!(
+                        "the MDA has no DeliverBatch (an older version): delivering one message per call from now on"
+                    );
+                    self.batches.unsupported.store(true, Relaxed);
+                }
+                for reply in replies {
+                    let _ = reply.send(Err(status.clone()));
+                }
+                return;
+            }
+        };
+        let mut answers = answers.into_iter();
+        for reply in replies {
+            let answer = answers.next().ok_or_else(|| {
+                Status::internal("the MDA's batch reply has no entry for this message")
+            });
+            let _ = reply.send(answer);
+        }
+    }
+
+    async fn send_one_by_one(&self, batch: Vec<Pending>) {
+        for pending in batch {
+            let journey = match pending.chunks.first().and_then(|c| c.part.as_ref()) {
+                Some(deliver_chunk::Part::Envelope(e)) => e.journey_id.clone(),
+                _ => String::new(),
+            };
+            let answer = self.deliver_one(pending.chunks, &journey).await;
+            let _ = pending.reply.send(answer);
+        }
+    }
+
+    /// One Deliver call for one message.
+    async fn deliver_one(
+        &self,
+        chunks: Vec<DeliverChunk>,
+        journey: &str,
+    ) -> Result<DeliverReply, Status> {
         let mut request = tonic::Request::new(tokio_stream::iter(chunks));
         request.set_timeout(DELIVER_TIMEOUT);
         if let Ok(value) = journey.parse() {
@@ -132,44 +288,78 @@ impl Mda {
                 .insert(correo_proto::JOURNEY_METADATA_KEY, value);
         }
         let mut client = DeliveryClient::new(self.channel.clone());
-        let reply = match client.deliver(request).await {
-            Ok(reply) => reply.into_inner(),
-            Err(status) => {
-                let reply = format!("451 4.4.3 MDA unavailable: {}", status.message());
-                return recipients
-                    .iter()
-                    .map(|r| (r.clone(), Outcome::Deferred(reply.clone())))
-                    .collect();
-            }
-        };
-        recipients
-            .iter()
-            .map(|recipient| {
-                let result = reply
-                    .results
-                    .iter()
-                    .find(|r| r.recipient.eq_ignore_ascii_case(recipient));
-                let outcome = match result {
-                    None => Outcome::Deferred(
-                        "451 4.3.0 MDA returned no result for this recipient".into(),
-                    ),
-                    Some(r) => {
-                        let text = format!("{} {} {}", r.code, r.enhanced_code, r.message)
-                            .split_whitespace()
-                            .collect::<Vec<_>>()
-                            .join(" ");
-                        match DeliveryStatus::try_from(r.status) {
-                            Ok(DeliveryStatus::Delivered) => Outcome::Delivered(text),
-                            Ok(DeliveryStatus::Permanent) => Outcome::Failed(text),
-                            // Unspecified or unknown: be safe, try again.
-                            _ => Outcome::Deferred(text),
-                        }
-                    }
-                };
-                (recipient.clone(), outcome)
-            })
-            .collect()
+        client
+            .deliver(request)
+            .await
+            .map(tonic::Response::into_inner)
     }
+}
+
+/// The chunks of one message: its envelope, then slices of it.
+fn message_chunks(
+    queue_id: &str,
+    journey: &str,
+    sender: &str,
+    recipients: &[String],
+    message: &[u8],
+) -> Vec<DeliverChunk> {
+    let mut chunks = vec![DeliverChunk {
+        part: Some(deliver_chunk::Part::Envelope(DeliveryEnvelope {
+            sender: sender.to_string(),
+            recipients: recipients.to_vec(),
+            queue_id: queue_id.to_string(),
+            journey_id: journey.to_string(),
+        })),
+    }];
+    chunks.extend(
+        message
+            .chunks(correo_proto::CHUNK_SIZE)
+            .map(|c| DeliverChunk {
+                part: Some(deliver_chunk::Part::Data(c.to_vec())),
+            }),
+    );
+    chunks
+}
+
+/// The MDA's answer for one message as one outcome per recipient.
+fn outcomes(recipients: &[String], reply: Result<DeliverReply, Status>) -> Vec<(String, Outcome)> {
+    let reply = match reply {
+        Ok(reply) => reply,
+        Err(status) => {
+            let reply = format!("451 4.4.3 MDA unavailable: {}", status.message());
+            return recipients
+                .iter()
+                .map(|r| (r.clone(), Outcome::Deferred(reply.clone())))
+                .collect();
+        }
+    };
+    recipients
+        .iter()
+        .map(|recipient| {
+            let result = reply
+                .results
+                .iter()
+                .find(|r| r.recipient.eq_ignore_ascii_case(recipient));
+            let outcome = match result {
+                None => {
+                    Outcome::Deferred("451 4.3.0 MDA returned no result for this recipient".into())
+                }
+                Some(r) => {
+                    let text = format!("{} {} {}", r.code, r.enhanced_code, r.message)
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    match DeliveryStatus::try_from(r.status) {
+                        Ok(DeliveryStatus::Delivered) => Outcome::Delivered(text),
+                        Ok(DeliveryStatus::Permanent) => Outcome::Failed(text),
+                        // Unspecified or unknown: be safe, try again.
+                        _ => Outcome::Deferred(text),
+                    }
+                }
+            };
+            (recipient.clone(), outcome)
+        })
+        .collect()
 }
 
 impl RecipientDirectory for Mda {

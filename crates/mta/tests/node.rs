@@ -4,7 +4,8 @@
 use correo_proto::admin::{ListQueueRequest, QueueIdRequest, RetryRequest};
 use correo_proto::delivery::delivery_server::{Delivery, DeliveryServer};
 use correo_proto::delivery::{
-    DeliverChunk, DeliverReply, DeliveryEnvelope, DeliveryStatus, RecipientResult, deliver_chunk,
+    DeliverBatchReply, DeliverChunk, DeliverReply, DeliveryEnvelope, DeliveryStatus,
+    RecipientResult, deliver_chunk,
 };
 use correo_proto::directory::directory_server::{Directory, DirectoryServer};
 use correo_proto::directory::{
@@ -26,24 +27,27 @@ use tonic::{Request, Response, Status, Streaming};
 type Delivered = Arc<Mutex<Vec<(DeliveryEnvelope, Vec<u8>)>>>;
 
 /// A stand-in MDA: users starting with "alice" or "temp" exist; "temp…"
-/// deliveries fail temporarily.
+/// deliveries fail temporarily. With `old`, it has no DeliverBatch, like
+/// an MDA from before that rpc.
 #[derive(Clone, Default)]
 struct FakeMda {
     delivered: Delivered,
+    old: bool,
+    /// Messages per DeliverBatch call received.
+    batches: Arc<Mutex<Vec<usize>>>,
+    /// How long each DeliverBatch call takes.
+    delay: Duration,
 }
 
-#[tonic::async_trait]
-impl Delivery for FakeMda {
-    async fn deliver(
-        &self,
-        request: Request<Streaming<DeliverChunk>>,
-    ) -> Result<Response<DeliverReply>, Status> {
-        let mut stream = request.into_inner();
-        let mut envelope = None;
-        let mut data = Vec::new();
+impl FakeMda {
+    /// Reads a stream of chunks into messages: each envelope starts one.
+    async fn messages(
+        stream: &mut Streaming<DeliverChunk>,
+    ) -> Result<Vec<(DeliveryEnvelope, Vec<u8>)>, Status> {
+        let mut messages: Vec<(DeliveryEnvelope, Vec<u8>)> = Vec::new();
         while let Some(chunk) = stream.message().await? {
             match chunk.part {
-                Some(deliver_chunk::Part::Envelope(e)) => envelope = Some(e),
+                Some(deliver_chunk::Part::Envelope(e)) => messages.push((e, Vec::new())),
                 Some(deliver_chunk::Part::Data(d)) => {
                     // The MTA streams in CHUNK_SIZE slices.
                     assert!(
@@ -51,12 +55,18 @@ impl Delivery for FakeMda {
                         "chunk of {} octets",
                         d.len()
                     );
+                    let (_, data) = messages
+                        .last_mut()
+                        .ok_or_else(|| Status::invalid_argument("no envelope"))?;
                     data.extend_from_slice(&d)
                 }
                 None => {}
             }
         }
-        let envelope = envelope.ok_or_else(|| Status::invalid_argument("no envelope"))?;
+        Ok(messages)
+    }
+
+    fn deliver_one(&self, envelope: DeliveryEnvelope, data: Vec<u8>) -> DeliverReply {
         let results = envelope
             .recipients
             .iter()
@@ -76,7 +86,39 @@ impl Delivery for FakeMda {
             })
             .collect();
         self.delivered.lock().unwrap().push((envelope, data));
-        Ok(Response::new(DeliverReply { results }))
+        DeliverReply { results }
+    }
+}
+
+#[tonic::async_trait]
+impl Delivery for FakeMda {
+    async fn deliver(
+        &self,
+        request: Request<Streaming<DeliverChunk>>,
+    ) -> Result<Response<DeliverReply>, Status> {
+        let mut messages = Self::messages(&mut request.into_inner()).await?;
+        if messages.len() != 1 {
+            return Err(Status::invalid_argument("one envelope per call"));
+        }
+        let (envelope, data) = messages.remove(0);
+        Ok(Response::new(self.deliver_one(envelope, data)))
+    }
+
+    async fn deliver_batch(
+        &self,
+        request: Request<Streaming<DeliverChunk>>,
+    ) -> Result<Response<DeliverBatchReply>, Status> {
+        if self.old {
+            return Err(Status::unimplemented("no DeliverBatch here"));
+        }
+        let messages = Self::messages(&mut request.into_inner()).await?;
+        self.batches.lock().unwrap().push(messages.len());
+        tokio::time::sleep(self.delay).await;
+        let messages = messages
+            .into_iter()
+            .map(|(envelope, data)| self.deliver_one(envelope, data))
+            .collect();
+        Ok(Response::new(DeliverBatchReply { messages }))
     }
 }
 
@@ -129,8 +171,12 @@ fn make_certs(dir: &Path) {
 }
 
 async fn start_fake_mda(certs: &Path) -> (std::net::SocketAddr, Delivered) {
-    let mda = FakeMda::default();
-    let delivered = mda.delivered.clone();
+    let (addr, mda) = serve_fake_mda(certs, FakeMda::default()).await;
+    (addr, mda.delivered)
+}
+
+async fn serve_fake_mda(certs: &Path, mda: FakeMda) -> (std::net::SocketAddr, FakeMda) {
+    let handle = mda.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let tls = grpc_server_tls(&TlsFiles::in_dir(certs, "mda"), true).unwrap();
@@ -144,7 +190,7 @@ async fn start_fake_mda(certs: &Path) -> (std::net::SocketAddr, Delivered) {
             .await
             .unwrap();
     });
-    (addr, delivered)
+    (addr, handle)
 }
 
 fn config(dir: &Path, mda: std::net::SocketAddr) -> Config {
@@ -233,6 +279,31 @@ async fn eventually(mut check: impl FnMut() -> bool) {
     panic!("condition not reached in 5 s");
 }
 
+/// Waits until the first delivery attempt of `id` is recorded.
+async fn first_attempt_recorded(server: &Server, id: &str) {
+    eventually(|| {
+        server
+            .queue()
+            .show(id)
+            .unwrap()
+            .is_some_and(|m| m.recipients[0].attempts == 1)
+    })
+    .await;
+}
+
+/// The queue ids the fake MDA was given, sorted.
+fn delivered_ids(mda: &FakeMda) -> Vec<String> {
+    let mut ids: Vec<String> = mda
+        .delivered
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(envelope, _)| envelope.queue_id.clone())
+        .collect();
+    ids.sort();
+    ids
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_delivers_to_the_mda_and_admin_controls_the_queue() {
     let dir = tempfile::tempdir().unwrap();
@@ -277,14 +348,7 @@ async fn submit_delivers_to_the_mda_and_admin_controls_the_queue() {
     let id = submit(&mut client, "temp@example.test", body)
         .await
         .unwrap();
-    eventually(|| {
-        server
-            .queue()
-            .show(&id)
-            .unwrap()
-            .is_some_and(|m| m.recipients[0].attempts == 1)
-    })
-    .await;
+    first_attempt_recorded(&server, &id).await;
     // QueueAdmin is for this node's own certificate only, not the MSA's.
     let tls = grpc_client_tls(&TlsFiles::in_dir(&certs, "msa"), "mta", true).unwrap();
     let channel = Endpoint::from_shared(format!("https://{}", server.grpc_addr()))
@@ -442,14 +506,7 @@ async fn queued_mail_survives_a_restart_without_the_index() {
     )
     .await
     .unwrap();
-    eventually(|| {
-        server
-            .queue()
-            .show(&id)
-            .unwrap()
-            .is_some_and(|m| m.recipients[0].attempts == 1)
-    })
-    .await;
+    first_attempt_recorded(&server, &id).await;
     server.shutdown().await.unwrap();
 
     std::fs::remove_dir_all(dir.path().join("data/queue.sled")).unwrap();
@@ -755,5 +812,80 @@ async fn large_messages_are_streamed_intact() {
     assert_eq!(envelope.journey_id, "from-metadata");
     assert!(data.len() > 700_000);
     assert!(data.ends_with(&body), "message body intact");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_local_mail_shares_delivery_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    make_certs(&certs);
+    // Slow calls, so messages queue up behind the first ones.
+    let fake = FakeMda {
+        delay: Duration::from_millis(500),
+        ..FakeMda::default()
+    };
+    let (mda_addr, mda) = serve_fake_mda(&certs, fake).await;
+    let server = Server::start(config(dir.path(), mda_addr)).await.unwrap();
+    let client = msa_client(&certs, server.grpc_addr(), true).await.unwrap();
+    const COUNT: usize = 30;
+    let submissions = (0..COUNT).map(|i| {
+        let mut client = client.clone();
+        async move {
+            let body = format!("Subject: {i}\r\n\r\nmessage {i}\r\n");
+            submit(&mut client, "alice@example.test", body.as_bytes())
+                .await
+                .unwrap()
+        }
+    });
+    let mut ids = futures::future::join_all(submissions).await;
+    eventually(|| mda.delivered.lock().unwrap().len() >= COUNT).await;
+    eventually(|| server.queue().list().unwrap().is_empty()).await;
+
+    ids.sort();
+    assert_eq!(delivered_ids(&mda), ids, "each message delivered once");
+    let batches = mda.batches.lock().unwrap().clone();
+    assert_eq!(batches.iter().sum::<usize>(), COUNT, "{batches:?}");
+    assert!(batches.len() < COUNT, "messages shared calls: {batches:?}");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mda_without_deliver_batch_gets_one_message_per_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    make_certs(&certs);
+    let fake = FakeMda {
+        old: true,
+        ..FakeMda::default()
+    };
+    let (mda_addr, mda) = serve_fake_mda(&certs, fake).await;
+    let server = Server::start(config(dir.path(), mda_addr)).await.unwrap();
+    let mut client = msa_client(&certs, server.grpc_addr(), true).await.unwrap();
+    let body = b"Subject: hi\r\n\r\nHello.\r\n";
+
+    // The first message went into a DeliverBatch call: deferred, not lost.
+    let first = submit(&mut client, "alice@example.test", body)
+        .await
+        .unwrap();
+    first_attempt_recorded(&server, &first).await;
+    let entry = server.queue().show(&first).unwrap().unwrap();
+    assert!(
+        entry.recipients[0].last_reply.starts_with("451 4.4.3"),
+        "{}",
+        entry.recipients[0].last_reply
+    );
+    // From then on every message is one Deliver call.
+    let second = submit(&mut client, "alice@example.test", body)
+        .await
+        .unwrap();
+    server.queue().retry_now(Some(&first)).unwrap();
+    server.queue().wake.notify_one();
+    eventually(|| mda.delivered.lock().unwrap().len() == 2).await;
+    eventually(|| server.queue().list().unwrap().is_empty()).await;
+    let mut expected = vec![first, second];
+    expected.sort();
+    assert_eq!(delivered_ids(&mda), expected);
+    assert!(mda.batches.lock().unwrap().is_empty());
     server.shutdown().await.unwrap();
 }
