@@ -4,9 +4,10 @@
 //! The whole message is received before anything is written, so a stream
 //! that breaks off delivers nothing; then each recipient is resolved through
 //! the aliases and written to its Maildir, and gets its own result.
-//! `DeliverBatch` does the same for several messages in one call, with one
-//! blocking task and one fsync of each `new/` for the whole batch: a burst
-//! of local mail then costs one call, not one per message.
+//! `DeliverBatch` does the same for several messages in one call: their
+//! files are written by a few blocking tasks at once, and each task fsyncs
+//! each `new/` once for all of its files. A burst of local mail then costs
+//! one call, not one per message.
 
 use crate::address::Address;
 use crate::maildir::MaildirError;
@@ -28,8 +29,9 @@ const MAX_RECIPIENTS: usize = 1000;
 /// Most messages in one DeliverBatch call.
 const MAX_BATCH_MESSAGES: usize = 1000;
 /// Most octets of all the messages of one DeliverBatch call (the MTA sends
-/// large messages one by one, through Deliver).
-const MAX_BATCH_SIZE: usize = MAX_MESSAGE_SIZE;
+/// large messages one by one, through Deliver). Twice the largest message,
+/// so a message too large meets its own limit first and fails alone.
+const MAX_BATCH_SIZE: usize = 2 * MAX_MESSAGE_SIZE;
 /// Blocking tasks that write the files of one batch at once.
 const WRITERS: usize = 4;
 
@@ -290,11 +292,16 @@ impl Delivery for DeliveryService {
         let mut stream = request.into_inner();
         let mut batch: Vec<Incoming> = Vec::new();
         let mut current: Option<Receiving> = None;
-        let mut total = 0usize;
+        // Octets kept of the finished messages (a message too large is
+        // dropped as it arrives, and gets its own permanent answer).
+        let mut finished = 0usize;
         while let Some(chunk) = stream.message().await? {
             match chunk.part {
                 Some(deliver_chunk::Part::Envelope(envelope)) => {
-                    batch.extend(current.take().map(Receiving::finish));
+                    if let Some(done) = current.take() {
+                        finished += done.message.len();
+                        batch.push(done.finish());
+                    }
                     if batch.len() >= MAX_BATCH_MESSAGES {
                         return Err(Status::invalid_argument(format!(
                             "a batch holds at most {MAX_BATCH_MESSAGES} messages"
@@ -308,21 +315,23 @@ impl Delivery for DeliveryService {
                             "the first chunk must carry an envelope",
                         ));
                     };
-                    total += data.len();
-                    if total > MAX_BATCH_SIZE {
+                    receiving.push(&data);
+                    if finished + receiving.message.len() > MAX_BATCH_SIZE {
                         return Err(Status::resource_exhausted(format!(
                             "a batch holds at most {MAX_BATCH_SIZE} octets"
                         )));
                     }
-                    receiving.push(&data);
                 }
                 None => {}
             }
         }
-        batch.extend(current.take().map(Receiving::finish));
+        if let Some(done) = current.take() {
+            finished += done.message.len();
+            batch.push(done.finish());
+        }
         tracing::debug!(
             messages = batch.len(),
-            octets = total,
+            octets = finished,
             "delivery batch received"
         );
         let messages = self
@@ -347,9 +356,9 @@ fn journey_metadata<T>(request: &Request<T>) -> Option<String> {
 
 impl DeliveryService {
     /// Delivers received messages: each recipient is resolved through the
-    /// aliases, then every file of the batch is written in one go on the
-    /// blocking pool (one fsync of each `new/` for all of them). One list
-    /// of results per message, in order.
+    /// aliases, then the files of the whole batch are written together
+    /// ([`DeliveryService::write_all`]). One list of results per message,
+    /// in order.
     async fn deliver_messages(&self, batch: Vec<Incoming>) -> Vec<Vec<RecipientResult>> {
         let accounts = self.state.directory.snapshot();
         let mut writes: Vec<(Address, String, Arc<[u8]>)> = Vec::new();
@@ -506,7 +515,15 @@ impl DeliveryService {
             let group: Vec<_> = writes.by_ref().take(per_group).collect();
             let count = group.len();
             let store = self.state.store.clone();
-            let task = tokio::task::spawn_blocking(move || store.deliver_many(&group));
+            let task = tokio::task::spawn_blocking(move || {
+                let results = store.deliver_many(&group);
+                // Each write's duration is its group's: they share the fsyncs.
+                let took = started.elapsed();
+                for result in &results {
+                    correo_runtime::metrics::mda_write(result.is_ok(), took);
+                }
+                results
+            });
             groups.push((count, task));
         }
         let mut results = Vec::new();
@@ -520,9 +537,6 @@ impl DeliveryService {
                     })
                 })),
             }
-        }
-        for result in &results {
-            correo_runtime::metrics::mda_write(result.is_ok(), started.elapsed());
         }
         results
     }

@@ -175,7 +175,16 @@ impl MailStore {
         let mut written: Vec<Result<Delivered, MaildirError>> = items
             .iter()
             .map(|(user, sender, message)| {
-                self.write_unsynced(user, sender, user, message.as_ref())
+                // One message that trips a bug fails alone, not its batch.
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.write_unsynced(user, sender, user, message.as_ref())
+                }))
+                .unwrap_or_else(|_| {
+                    Err(MaildirError::Io {
+                        path: self.maildir(user),
+                        source: std::io::Error::other("delivery panicked"),
+                    })
+                })
             })
             .collect();
         let mut dirs: Vec<PathBuf> = Vec::new();
@@ -187,11 +196,16 @@ impl MailStore {
         }
         for dir in dirs {
             if let Err(e) = sync_new_dir(&dir) {
+                // The kind is kept: a full disk must stay a full disk.
+                let kind = match &e {
+                    MaildirError::Io { source, .. } => source.kind(),
+                    _ => std::io::ErrorKind::Other,
+                };
                 for result in written.iter_mut() {
                     if matches!(result, Ok(d) if new_dir_of(&d.path) == dir) {
                         *result = Err(MaildirError::Io {
                             path: dir.clone(),
-                            source: std::io::Error::other(e.to_string()),
+                            source: std::io::Error::new(kind, e.to_string()),
                         });
                     }
                 }

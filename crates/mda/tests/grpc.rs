@@ -643,6 +643,19 @@ async fn malformed_deliveries_are_refused_and_write_nothing() {
     r.stop().await;
 }
 
+/// One DeliverBatch call; the replies, one per message.
+async fn deliver_batch(
+    channel: &Channel,
+    chunks: Vec<DeliverChunk>,
+) -> Vec<correo_proto::delivery::DeliverReply> {
+    DeliveryClient::new(channel.clone())
+        .deliver_batch(futures::stream::iter(chunks))
+        .await
+        .unwrap()
+        .into_inner()
+        .messages
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_delivers_each_message_and_keeps_a_bad_one_to_itself() {
     let r = start().await;
@@ -688,12 +701,7 @@ async fn a_batch_delivers_each_message_and_keeps_a_bad_one_to_itself() {
         ),
     ]
     .concat();
-    let replies = DeliveryClient::new(channel.clone())
-        .deliver_batch(futures::stream::iter(batch))
-        .await
-        .unwrap()
-        .into_inner()
-        .messages;
+    let replies = deliver_batch(&channel, batch).await;
     let got: Vec<Vec<_>> = replies
         .iter()
         .map(|reply| {
@@ -748,6 +756,37 @@ async fn a_batch_delivers_each_message_and_keeps_a_bad_one_to_itself() {
         new("bob"),
         vec!["Return-Path: <>\r\nDelivered-To: bob@example.test\r\nSubject: to bob\r\n\r\nHi.\r\n"]
     );
+
+    // A message too large gets its own permanent answer; its neighbours go.
+    let big: Vec<DeliverChunk> = message("", &["bob@example.test"], "00000000000000a6", "")
+        .into_iter()
+        .chain((0..=1024).map(|_| DeliverChunk {
+            part: Some(deliver_chunk::Part::Data(vec![b'x'; 64 * 1024])),
+        }))
+        .collect();
+    let batch = [
+        message(
+            "",
+            &["bob@example.test"],
+            "00000000000000a5",
+            "Subject: before\r\n\r\n.\r\n",
+        ),
+        big,
+        message(
+            "",
+            &["bob@example.test"],
+            "00000000000000a7",
+            "Subject: after\r\n\r\n.\r\n",
+        ),
+    ]
+    .concat();
+    let replies = deliver_batch(&channel, batch).await;
+    let codes: Vec<Vec<u32>> = replies
+        .iter()
+        .map(|reply| reply.results.iter().map(|r| r.code).collect())
+        .collect();
+    assert_eq!(codes, vec![vec![250], vec![552], vec![250]]);
+    assert_eq!(new("bob").len(), 3);
 
     // Data before any envelope is refused as a whole; an empty batch is fine.
     let orphan = DeliverChunk {

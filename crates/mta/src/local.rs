@@ -12,7 +12,6 @@ use correo_runtime::tls::{TlsError, TlsFiles, grpc_client_tls};
 use futures::future::BoxFuture;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tonic::Status;
@@ -99,6 +98,10 @@ const BATCH_MESSAGES: usize = 64;
 /// through Deliver.
 const BATCH_BYTES: usize = 4 << 20;
 
+/// How long an MDA found without DeliverBatch is left alone before it is
+/// asked again (it may have been upgraded).
+const REPROBE: Duration = Duration::from_secs(600);
+
 /// The MDA's gRPC services on one lazily connected channel.
 #[derive(Clone)]
 pub struct Mda {
@@ -110,9 +113,18 @@ pub struct Mda {
 #[derive(Default)]
 struct Batches {
     state: parking_lot::Mutex<BatchState>,
-    /// Set once the MDA answered UNIMPLEMENTED (an MDA older than
-    /// DeliverBatch): from then on every message goes through Deliver.
-    unsupported: AtomicBool,
+    support: parking_lot::Mutex<Support>,
+}
+
+/// Whether the MDA has DeliverBatch (an MDA older than the rpc answers
+/// UNIMPLEMENTED).
+#[derive(Debug, Clone, Copy, Default)]
+enum Support {
+    #[default]
+    Unknown,
+    Yes,
+    /// No, as of then: every message goes through Deliver until REPROBE.
+    No(Instant),
 }
 
 #[derive(Default)]
@@ -148,6 +160,25 @@ impl Batches {
             return None;
         }
         Some(take_batch(&mut state.waiting))
+    }
+}
+
+/// Holds a call slot. If its task ends without giving the slot back (a
+/// panic, or the runtime dropping it), the drop gives the slot back and
+/// fails every waiting message, so they are deferred instead of waiting
+/// for a call that never comes.
+struct Slot {
+    batches: Arc<Batches>,
+    released: bool,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if !self.released {
+            let mut state = self.batches.state.lock();
+            state.calls -= 1;
+            state.waiting.clear();
+        }
     }
 }
 
@@ -194,7 +225,7 @@ impl Mda {
         message: &[u8],
     ) -> Vec<(String, Outcome)> {
         let chunks = message_chunks(queue_id, journey, sender, recipients, message);
-        let reply = if message.len() > BATCH_BYTES || self.batches.unsupported.load(Relaxed) {
+        let reply = if message.len() > BATCH_BYTES || !self.batch_supported().await {
             self.deliver_one(chunks, journey).await
         } else {
             let (reply, answer) = oneshot::channel();
@@ -205,31 +236,73 @@ impl Mda {
             };
             if let Some(batch) = self.batches.enqueue(pending) {
                 // A task of its own: the call must finish (and hand the
-                // slot on) even if this caller is cancelled.
+                // slot on) even if this caller is cancelled. A cancelled
+                // caller's message is still delivered; its answer is lost,
+                // so the message is delivered again later: a duplicate,
+                // never a loss.
                 let mda = self.clone();
                 tokio::spawn(async move { mda.send_batches(batch).await });
             }
-            answer
-                .await
-                .unwrap_or_else(|_| Err(Status::unavailable("delivery batch abandoned")))
+            // Waiting for earlier calls, then this one's own timeout.
+            match tokio::time::timeout(2 * DELIVER_TIMEOUT, answer).await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(_)) => Err(Status::unavailable("delivery batch abandoned")),
+                Err(_) => Err(Status::deadline_exceeded("no answer to the delivery batch")),
+            }
         };
         outcomes(recipients, reply)
     }
 
+    /// Whether to batch: known, or found out with an empty DeliverBatch
+    /// call (which delivers nothing). An MDA that cannot be reached now
+    /// gets single calls, and is asked again next time.
+    async fn batch_supported(&self) -> bool {
+        let support = *self.batches.support.lock();
+        match support {
+            Support::Yes => return true,
+            Support::No(since) if since.elapsed() < REPROBE => return false,
+            Support::No(_) | Support::Unknown => {}
+        }
+        let mut client = DeliveryClient::new(self.channel.clone());
+        let mut probe = tonic::Request::new(tokio_stream::iter(Vec::<DeliverChunk>::new()));
+        probe.set_timeout(CHECK_TIMEOUT);
+        match client.deliver_batch(probe).await {
+            Ok(_) => {
+                *self.batches.support.lock() = Support::Yes;
+                true
+            }
+            Err(status) if status.code() == tonic::Code::Unimplemented => {
+                tracing::warn!(
+                    "the MDA has no DeliverBatch (an older version): one Deliver call per message"
+                );
+                *self.batches.support.lock() = Support::No(Instant::now());
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Sends `batch`, then whatever queued up meanwhile, until nothing waits.
     async fn send_batches(self, mut batch: Vec<Pending>) {
+        let mut slot = Slot {
+            batches: self.batches.clone(),
+            released: false,
+        };
         loop {
             self.send_batch(batch).await;
-            match self.batches.next() {
+            match slot.batches.next() {
                 Some(next) => batch = next,
-                None => return,
+                None => {
+                    slot.released = true;
+                    return;
+                }
             }
         }
     }
 
     /// One DeliverBatch call; every message of it gets its own answer.
     async fn send_batch(&self, batch: Vec<Pending>) {
-        if self.batches.unsupported.load(Relaxed) {
+        if matches!(*self.batches.support.lock(), Support::No(_)) {
             return self.send_one_by_one(batch).await;
         }
         let (chunks, replies): (Vec<_>, Vec<_>) =
@@ -241,12 +314,13 @@ impl Mda {
             Ok(reply) => reply.into_inner().messages,
             Err(status) => {
                 if status.code() == tonic::Code::Unimplemented {
-                    // The messages went into the call, so they are deferred
-                    // this once (nothing is lost) and retried one by one.
+                    // Replaced by an older MDA since the probe. These
+                    // messages went into the call, so they are deferred
+                    // this once (nothing is lost).
                     tracing::warn!(
-                        "the MDA has no DeliverBatch (an older version): delivering one message per call from now on"
+                        "the MDA no longer has DeliverBatch: one Deliver call per message"
                     );
-                    self.batches.unsupported.store(true, Relaxed);
+                    *self.batches.support.lock() = Support::No(Instant::now());
                 }
                 for reply in replies {
                     let _ = reply.send(Err(status.clone()));
