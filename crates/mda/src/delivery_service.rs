@@ -28,9 +28,11 @@ pub const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 const MAX_RECIPIENTS: usize = 1000;
 /// Most messages in one DeliverBatch call.
 const MAX_BATCH_MESSAGES: usize = 1000;
-/// Most octets of all the messages of one DeliverBatch call (the MTA sends
-/// large messages one by one, through Deliver). Twice the largest message,
-/// so a message too large meets its own limit first and fails alone.
+/// Most octets kept of all the messages of one DeliverBatch call (the MTA
+/// sends large messages one by one, through Deliver, and batches of at
+/// most 4 MiB). Twice the largest message, so that in a batch whose other
+/// messages stay within one message's limit, a message too large meets its
+/// own limit first and fails alone.
 const MAX_BATCH_SIZE: usize = 2 * MAX_MESSAGE_SIZE;
 /// Blocking tasks that write the files of one batch at once.
 const WRITERS: usize = 4;
@@ -161,6 +163,9 @@ struct Receiving {
     /// Set when the message outgrew [`MAX_MESSAGE_SIZE`]; the rest of it is
     /// dropped as it arrives.
     too_big: bool,
+    /// Why its envelope cannot be delivered, if it cannot: its octets are
+    /// dropped as they arrive.
+    refused: Option<String>,
 }
 
 impl Receiving {
@@ -173,6 +178,7 @@ impl Receiving {
             envelope.journey_id.clone()
         };
         Receiving {
+            refused: envelope_problem(&envelope),
             envelope,
             journey,
             message: Vec::new(),
@@ -181,8 +187,8 @@ impl Receiving {
     }
 
     fn push(&mut self, data: &[u8]) {
-        if self.too_big {
-            return;
+        if self.too_big || self.refused.is_some() {
+            return; // Its answer does not depend on the octets.
         }
         if self.message.len() + data.len() > MAX_MESSAGE_SIZE {
             tracing::warn!(queue_id = %self.envelope.queue_id, journey = %self.journey, limit = MAX_MESSAGE_SIZE, "delivery refused: message too large");
@@ -200,7 +206,7 @@ impl Receiving {
             // Retrying cannot help: a permanent answer, per recipient, so
             // the MTA bounces at once.
             Err(TOO_BIG)
-        } else if let Some(problem) = envelope_problem(&self.envelope) {
+        } else if let Some(problem) = &self.refused {
             tracing::warn!(queue_id = %self.envelope.queue_id, journey = %self.journey, sender = ?self.envelope.sender, problem, "delivery refused");
             Err(BAD_ENVELOPE)
         } else {
@@ -256,7 +262,7 @@ impl Delivery for DeliveryService {
             }
         };
         let mut receiving = Receiving::new(envelope, metadata_journey.as_deref());
-        if let Some(problem) = envelope_problem(&receiving.envelope) {
+        if let Some(problem) = receiving.refused.take() {
             tracing::warn!(queue_id = %receiving.envelope.queue_id, journey = %receiving.journey, sender = ?receiving.envelope.sender, problem, "delivery refused");
             return Err(Status::invalid_argument(problem));
         }

@@ -101,6 +101,9 @@ const BATCH_BYTES: usize = 4 << 20;
 /// How long an MDA found without DeliverBatch is left alone before it is
 /// asked again (it may have been upgraded).
 const REPROBE: Duration = Duration::from_secs(600);
+/// How long after a failed question (MDA unreachable) messages go one by
+/// one before the MTA asks again.
+const PROBE_BACKOFF: Duration = Duration::from_secs(30);
 
 /// The MDA's gRPC services on one lazily connected channel.
 #[derive(Clone)]
@@ -125,6 +128,9 @@ enum Support {
     Yes,
     /// No, as of then: every message goes through Deliver until REPROBE.
     No(Instant),
+    /// The question failed then (MDA unreachable): Deliver until
+    /// PROBE_BACKOFF, so a down MDA costs one failed call per message, not two.
+    Unanswered(Instant),
 }
 
 #[derive(Default)]
@@ -155,6 +161,7 @@ impl Batches {
     /// After a call: the next batch, or the call slot given back.
     fn next(&self) -> Option<Vec<Pending>> {
         let mut state = self.state.lock();
+        state.waiting.retain(|p| !p.reply.is_closed());
         if state.waiting.is_empty() {
             state.calls -= 1;
             return None;
@@ -163,10 +170,11 @@ impl Batches {
     }
 }
 
-/// Holds a call slot. If its task ends without giving the slot back (a
-/// panic, or the runtime dropping it), the drop gives the slot back and
-/// fails every waiting message, so they are deferred instead of waiting
-/// for a call that never comes.
+/// Holds a call slot, from the moment it is taken. If its task ends
+/// without giving the slot back (a panic, or the runtime dropping the task,
+/// even before it first ran), the drop gives the slot back; if no other
+/// call is left to send the waiting messages, they are failed (so they are
+/// deferred) instead of waiting for a call that never comes.
 struct Slot {
     batches: Arc<Batches>,
     released: bool,
@@ -174,18 +182,30 @@ struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if !self.released {
+        if self.released {
+            return;
+        }
+        let orphans = {
             let mut state = self.batches.state.lock();
             state.calls -= 1;
-            state.waiting.clear();
-        }
+            if state.calls == 0 {
+                std::mem::take(&mut state.waiting)
+            } else {
+                VecDeque::new()
+            }
+        };
+        drop(orphans); // Outside the lock: their callers wake up.
     }
 }
 
-/// The oldest waiting messages, up to the batch limits (at least one).
+/// The oldest waiting messages, up to the batch limits (at least one if
+/// any waits). A message whose caller has gone (timed out, cancelled) is
+/// dropped unsent: it stays queued and is tried again later, and sending
+/// it now would only deliver it twice.
 fn take_batch(waiting: &mut VecDeque<Pending>) -> Vec<Pending> {
     let mut batch = Vec::new();
     let mut bytes = 0;
+    waiting.retain(|p| !p.reply.is_closed());
     while let Some(next) = waiting.front() {
         if !batch.is_empty() && (batch.len() >= BATCH_MESSAGES || bytes + next.size > BATCH_BYTES) {
             break;
@@ -235,13 +255,17 @@ impl Mda {
                 reply,
             };
             if let Some(batch) = self.batches.enqueue(pending) {
+                let slot = Slot {
+                    batches: self.batches.clone(),
+                    released: false,
+                };
                 // A task of its own: the call must finish (and hand the
                 // slot on) even if this caller is cancelled. A cancelled
                 // caller's message is still delivered; its answer is lost,
                 // so the message is delivered again later: a duplicate,
                 // never a loss.
                 let mda = self.clone();
-                tokio::spawn(async move { mda.send_batches(batch).await });
+                tokio::spawn(async move { mda.send_batches(batch, slot).await });
             }
             // Waiting for earlier calls, then this one's own timeout.
             match tokio::time::timeout(2 * DELIVER_TIMEOUT, answer).await {
@@ -261,7 +285,8 @@ impl Mda {
         match support {
             Support::Yes => return true,
             Support::No(since) if since.elapsed() < REPROBE => return false,
-            Support::No(_) | Support::Unknown => {}
+            Support::Unanswered(since) if since.elapsed() < PROBE_BACKOFF => return false,
+            Support::No(_) | Support::Unanswered(_) | Support::Unknown => {}
         }
         let mut client = DeliveryClient::new(self.channel.clone());
         let mut probe = tonic::Request::new(tokio_stream::iter(Vec::<DeliverChunk>::new()));
@@ -278,16 +303,15 @@ impl Mda {
                 *self.batches.support.lock() = Support::No(Instant::now());
                 false
             }
-            Err(_) => false,
+            Err(_) => {
+                *self.batches.support.lock() = Support::Unanswered(Instant::now());
+                false
+            }
         }
     }
 
     /// Sends `batch`, then whatever queued up meanwhile, until nothing waits.
-    async fn send_batches(self, mut batch: Vec<Pending>) {
-        let mut slot = Slot {
-            batches: self.batches.clone(),
-            released: false,
-        };
+    async fn send_batches(self, mut batch: Vec<Pending>, mut slot: Slot) {
         loop {
             self.send_batch(batch).await;
             match slot.batches.next() {
@@ -302,6 +326,9 @@ impl Mda {
 
     /// One DeliverBatch call; every message of it gets its own answer.
     async fn send_batch(&self, batch: Vec<Pending>) {
+        if batch.is_empty() {
+            return;
+        }
         if matches!(*self.batches.support.lock(), Support::No(_)) {
             return self.send_one_by_one(batch).await;
         }
@@ -466,6 +493,69 @@ mod tests {
             self.0.fetch_add(1, Ordering::SeqCst);
             Box::pin(async move { Ok(address == "alice@example.test") })
         }
+    }
+
+    fn pending(size: usize) -> (Pending, oneshot::Receiver<Result<DeliverReply, Status>>) {
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            chunks: Vec::new(),
+            size,
+            reply,
+        };
+        (pending, answer)
+    }
+
+    #[test]
+    fn batches_keep_their_limits_and_skip_callers_that_left() {
+        let batches = Arc::new(Batches::default());
+        let mut answers = Vec::new();
+        // The first message takes a slot and goes at once, alone.
+        let (p, a) = pending(10);
+        answers.push(a);
+        assert_eq!(batches.enqueue(p).map(|b| b.len()), Some(1));
+        let (p, a) = pending(10);
+        answers.push(a);
+        assert_eq!(batches.enqueue(p).map(|b| b.len()), Some(1));
+        // Both slots are busy: the rest waits.
+        for _ in 0..BATCH_MESSAGES + 5 {
+            let (p, a) = pending(10);
+            answers.push(a);
+            assert!(batches.enqueue(p).is_none());
+        }
+        // A caller that gave up is not sent.
+        drop(answers.remove(2));
+        assert_eq!(batches.next().map(|b| b.len()), Some(BATCH_MESSAGES));
+        assert_eq!(batches.next().map(|b| b.len()), Some(4));
+        assert!(batches.next().is_none());
+        assert!(batches.next().is_none());
+        assert_eq!(batches.state.lock().calls, 0);
+
+        // Octets: a message that would pass the limit waits for the next call.
+        let big = BATCH_BYTES / 2 + 1;
+        let mut waiting: VecDeque<Pending> = VecDeque::new();
+        let mut keep = Vec::new();
+        for size in [big, big, 1] {
+            let (p, a) = pending(size);
+            keep.push(a);
+            waiting.push_back(p);
+        }
+        assert_eq!(take_batch(&mut waiting).len(), 1);
+        assert_eq!(take_batch(&mut waiting).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_slot_dropped_unreleased_is_given_back_and_fails_the_waiting() {
+        let batches = Arc::new(Batches::default());
+        let (first, _first_answer) = pending(1);
+        assert!(batches.enqueue(first).is_some());
+        let (waiting, waiting_answer) = pending(1);
+        batches.state.lock().waiting.push_back(waiting);
+        drop(Slot {
+            batches: batches.clone(),
+            released: false,
+        });
+        assert_eq!(batches.state.lock().calls, 0);
+        assert!(waiting_answer.await.is_err(), "the waiting caller is told");
     }
 
     #[tokio::test]
