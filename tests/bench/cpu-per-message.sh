@@ -16,7 +16,8 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 out=$(mktemp)
 "${CORREO_BENCH:-$root/target/release/correo-bench}" --serve 3600 --idle "${IDLE:-0}" > "$out" &
 bench=$!
-# SIGTERM ends correo-bench without its clean-up: stop the roles it started too.
+# correo-bench stops the roles it started on SIGTERM; killing them here too
+# covers a harness that was killed outright.
 trap 'kill $bench $(awk '"'"'/^pid /{print $3}'"'"' "$out") 2>/dev/null; rm -f "$out"' EXIT
 for _ in $(seq 120); do grep -q '^pid msa' "$out" && break; sleep 0.5; done
 smtp=$(awk '/^smtp /{print $2}' "$out"); new=$(awk '/^maildir /{print $2}' "$out")

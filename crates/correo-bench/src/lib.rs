@@ -274,6 +274,42 @@ struct Bench {
     report: Report,
 }
 
+/// From now on, SIGTERM or SIGINT stops every role, DNS server and peer
+/// this run started, then exits 130. Without it they would outlive the
+/// harness: the drops that stop them never run when a signal ends the
+/// process.
+pub fn stop_children_on_interrupt() {
+    let _ = std::thread::Builder::new()
+        .name("interrupts".into())
+        .spawn(|| {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(stop_children_when_interrupted());
+        });
+}
+
+async fn stop_children_when_interrupted() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    eprintln!("correo-bench: interrupted; stopping the processes it started");
+    proc::stop_all();
+    postfix::stop_running();
+    std::process::exit(130);
+}
+
 /// Runs every wanted section and returns the report (also printed as it goes).
 pub fn run(o: Options) -> Result<Report> {
     raise_nofile();
@@ -281,6 +317,7 @@ pub fn run(o: Options) -> Result<Report> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    stop_children_on_interrupt();
     let smtp_source = match o.client {
         Client::Own => None,
         _ => proc::which("smtp-source"),
@@ -1157,6 +1194,7 @@ pub fn write_markdown(report: &Report, path: &Path) -> Result<()> {
 /// seconds: for profiling it with perf or strace from another shell.
 pub fn serve(o: &Options, secs: u64) -> Result<()> {
     raise_nofile();
+    stop_children_on_interrupt();
     let stack = Stack::start(
         &o.bin_dir,
         &StackOptions {

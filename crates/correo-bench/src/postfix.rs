@@ -44,6 +44,7 @@ impl Postfix {
         if which("smtp-source").is_none() {
             bail!("smtp-source missing after setup.sh");
         }
+        *RUNNING.lock().unwrap_or_else(|e| e.into_inner()) = Some(script.to_path_buf());
         Ok(Postfix {
             addr,
             base,
@@ -65,8 +66,21 @@ impl Postfix {
     }
 }
 
+/// The setup script of the peer while it runs, for [`stop_running`].
+static RUNNING: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
+/// Stops the peer if one runs: what an interrupted run does before it
+/// exits, since the drop that normally stops it never runs.
+pub fn stop_running() {
+    let script = RUNNING.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(script) = script {
+        let _ = Command::new("bash").arg(&script).arg("stop").output();
+    }
+}
+
 impl Drop for Postfix {
     fn drop(&mut self) {
+        RUNNING.lock().unwrap_or_else(|e| e.into_inner()).take();
         let _ = Command::new("bash").arg(&self.script).arg("stop").output();
         let _ = std::fs::remove_dir_all(&self.base);
     }

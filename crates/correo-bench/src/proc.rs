@@ -6,6 +6,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// PIDs of the children alive now, for [`stop_all`].
+static LIVE: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// Kills every child still running (SIGKILL): what an interrupted run
+/// does before it exits, since the drops that normally stop them never run.
+pub fn stop_all() {
+    let pids = std::mem::take(&mut *LIVE.lock().unwrap_or_else(|e| e.into_inner()));
+    for pid in pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
 /// A child process killed when dropped; its output goes to a log file.
 pub struct Process {
     pub name: String,
@@ -29,6 +44,9 @@ impl Process {
             .env("CORREO_LOG", log_level)
             .spawn()
             .with_context(|| format!("spawn {name}"))?;
+        LIVE.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(child.id());
         Ok(Process {
             name: name.to_string(),
             child,
@@ -43,6 +61,10 @@ impl Process {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let pid = self.child.id();
+        LIVE.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|p| *p != pid);
     }
 
     pub fn is_running(&mut self) -> bool {

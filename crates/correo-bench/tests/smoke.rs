@@ -66,3 +66,59 @@ fn quick_benchmark_runs_end_to_end() {
         );
     }
 }
+
+/// Whether a process is gone (or a zombie waiting for init to reap it).
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+#[test]
+fn sigterm_stops_every_process_the_harness_started() {
+    use std::io::BufRead;
+    build_binaries();
+    let mut bench = Command::new(env!("CARGO_BIN_EXE_correo-bench"))
+        .args(["--serve", "120", "--idle", "0", "--no-postfix"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start correo-bench --serve");
+    let mut pids = Vec::new();
+    for line in std::io::BufReader::new(bench.stdout.take().unwrap()).lines() {
+        let line = line.expect("read correo-bench output");
+        if let Some(pid) = line.strip_prefix("pid ") {
+            pids.push(
+                pid.split_whitespace()
+                    .nth(1)
+                    .unwrap()
+                    .parse::<u32>()
+                    .unwrap(),
+            );
+            if line.starts_with("pid msa") {
+                break;
+            }
+        }
+    }
+    assert_eq!(pids.len(), 3, "pids of mta, mda and msa: {pids:?}");
+    assert!(pids.iter().all(|p| !gone(*p)), "the roles run");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(bench.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = bench.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !pids.iter().all(|p| gone(*p)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "roles still running after the harness was stopped: {pids:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
