@@ -128,26 +128,42 @@ fn authed<T>(message: T, user: &str, password: &str) -> Request<T> {
     request
 }
 
+/// One message as the MTA streams it: the envelope, then the message in
+/// several data chunks, split mid-line.
+fn message_chunks(
+    sender: &str,
+    recipients: &[&str],
+    queue_id: &str,
+    journey_id: &str,
+    message: &str,
+) -> Vec<DeliverChunk> {
+    let envelope = DeliveryEnvelope {
+        sender: sender.into(),
+        recipients: recipients.iter().map(|s| s.to_string()).collect(),
+        queue_id: queue_id.into(),
+        journey_id: journey_id.into(),
+    };
+    let mut chunks = vec![DeliverChunk {
+        part: Some(deliver_chunk::Part::Envelope(envelope)),
+    }];
+    chunks.extend(message.as_bytes().chunks(17).map(|piece| DeliverChunk {
+        part: Some(deliver_chunk::Part::Data(piece.to_vec())),
+    }));
+    chunks
+}
+
 async fn deliver(
     channel: Channel,
     recipients: &[&str],
     message: &str,
 ) -> Vec<correo_proto::delivery::RecipientResult> {
-    let envelope = DeliveryEnvelope {
-        sender: "bob@example.test".into(),
-        recipients: recipients.iter().map(|s| s.to_string()).collect(),
-        queue_id: "0123456789abcdef".into(),
-        journey_id: "j-test".into(),
-    };
-    let mut chunks = vec![DeliverChunk {
-        part: Some(deliver_chunk::Part::Envelope(envelope)),
-    }];
-    // Several data chunks, split mid-line, as the MTA may send them.
-    for piece in message.as_bytes().chunks(17) {
-        chunks.push(DeliverChunk {
-            part: Some(deliver_chunk::Part::Data(piece.to_vec())),
-        });
-    }
+    let chunks = message_chunks(
+        "bob@example.test",
+        recipients,
+        "0123456789abcdef",
+        "j-test",
+        message,
+    );
     DeliveryClient::new(channel)
         .deliver(futures::stream::iter(chunks))
         .await
@@ -661,18 +677,7 @@ async fn a_batch_delivers_each_message_and_keeps_a_bad_one_to_itself() {
     let r = start().await;
     let channel = internal_channel(&r, true).await.unwrap();
     let message = |sender: &str, recipients: &[&str], queue_id: &str, body: &str| {
-        let mut chunks = vec![DeliverChunk {
-            part: Some(deliver_chunk::Part::Envelope(DeliveryEnvelope {
-                sender: sender.into(),
-                recipients: recipients.iter().map(|s| s.to_string()).collect(),
-                queue_id: queue_id.into(),
-                journey_id: "j-batch".into(),
-            })),
-        }];
-        chunks.extend(body.as_bytes().chunks(17).map(|piece| DeliverChunk {
-            part: Some(deliver_chunk::Part::Data(piece.to_vec())),
-        }));
-        chunks
+        message_chunks(sender, recipients, queue_id, "j-batch", body)
     };
     let batch: Vec<DeliverChunk> = [
         message(
