@@ -2,7 +2,8 @@
 //! state), and every operation that changes them.
 //!
 //! Write order is what makes it crash-safe:
-//! - accept: spool record durable → index entry → acknowledge;
+//! - accept: spool record durable → index entry (in memory until the first
+//!   attempt: the spool record alone rebuilds it) → acknowledge;
 //! - a recipient finishes while others remain: `.done` line fsynced →
 //!   index entry updated;
 //! - a recipient fails (or is delayed past `retry.delay_warning`): the DSN
@@ -372,6 +373,15 @@ impl Queue {
         Ok(())
     }
 
+    /// Indexes a message that was just spooled, in memory until its first
+    /// attempt changes it ([`Index::put_fresh`]), and schedules it.
+    fn put_fresh(&self, entry: MessageEntry) {
+        self.schedule
+            .lock()
+            .set(&entry.queue_id, schedule_key(&entry));
+        self.index.put_fresh(entry);
+    }
+
     fn remove_entry(&self, id: &str) -> Result<(), IndexError> {
         self.schedule.lock().set(id, None);
         self.index.remove(id)?;
@@ -413,11 +423,7 @@ impl Queue {
         let entry = new_entry(&envelope, size);
         {
             let _guard = self.lock.lock();
-            // An index failure after a durable spool write is not a loss: the
-            // next start-up rebuilds the entry. Still acknowledge-worthy.
-            if let Err(e) = self.put(&entry) {
-                tracing::error!(queue_id = %id, error = %e, "spooled but not indexed; restart rebuilds it");
-            }
+            self.put_fresh(entry);
         }
         self.wake.notify_one();
         Ok(id)
@@ -659,9 +665,7 @@ impl Queue {
             authenticated_user: None,
         };
         self.spool.store_blocking(&envelope, &message)?;
-        if let Err(e) = self.put(&new_entry(&envelope, message.len() as u64)) {
-            tracing::error!(queue_id = %dsn_id, error = %e, "DSN spooled but not indexed; restart rebuilds it");
-        }
+        self.put_fresh(new_entry(&envelope, message.len() as u64));
         tracing::info!(
             queue_id = %entry.queue_id,
             journey = %entry.journey_id,
@@ -1012,12 +1016,57 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_message_not_yet_attempted_skips_sled_and_survives_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fresh, deferred);
+        {
+            let (q, _) = Queue::open(dir.path(), policy()).unwrap();
+            fresh = q.enqueue(envelope(&["x@a.test"]), b"m1\r\n").await.unwrap();
+            deferred = q.enqueue(envelope(&["y@b.test"]), b"m2\r\n").await.unwrap();
+            q.record(
+                &deferred,
+                &[("y@b.test".into(), Outcome::Deferred("451 later".into()))],
+                1001,
+            )
+            .unwrap();
+            // Both are listed and shown, in arrival order.
+            let listed: Vec<String> = q.list().unwrap().into_iter().map(|e| e.queue_id).collect();
+            assert_eq!(listed, vec![fresh.to_string(), deferred.to_string()]);
+            assert_eq!(q.show(fresh.as_str()).unwrap().unwrap().size, 4);
+            q.flush().unwrap();
+            // The crash: the queue is dropped with nothing else written.
+        }
+        {
+            let index = Index::open(&dir.path().join("queue.sled")).unwrap();
+            assert!(
+                index.get(fresh.as_str()).unwrap().is_none(),
+                "fresh entry reached sled"
+            );
+            let stored = index.get(deferred.as_str()).unwrap().unwrap();
+            assert_eq!(stored.recipients[0].status, RecipientStatus::Deferred);
+        }
+        let (q, report) = Queue::open(dir.path(), policy()).unwrap();
+        assert_eq!((report.rebuilt, report.queued), (1, 2));
+        let entry = q.show(fresh.as_str()).unwrap().unwrap();
+        assert_eq!(entry.recipients[0].status, RecipientStatus::Pending);
+        assert_eq!(q.read(&fresh).unwrap().message, b"m1\r\n");
+        assert_eq!(q.due_ids(1002), vec![fresh.to_string()]);
+    }
+
+    #[tokio::test]
     async fn index_entry_without_spool_file_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let id;
         {
             let (q, _) = Queue::open(dir.path(), policy()).unwrap();
             id = q.enqueue(envelope(&["x@a.test"]), b"m\r\n").await.unwrap();
+            // Deferred once, so its entry is in sled, not only in memory.
+            q.record(
+                &id,
+                &[("x@a.test".into(), Outcome::Deferred("451 later".into()))],
+                1001,
+            )
+            .unwrap();
             q.flush().unwrap();
         }
         // The spool (the truth) loses the message; the index still has it.
