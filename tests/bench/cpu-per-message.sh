@@ -6,6 +6,7 @@
 # average. Used to record what an optimisation bought (docs/BENCHMARKS.md,
 # "CPU per message").
 #   usage: tests/bench/cpu-per-message.sh [MESSAGES=2000] [SESSIONS=20] [SIZE=1024]
+#   LOG_LEVEL=warn sets the roles' log filter (default info).
 #   CORREO_BENCH=dir/correo-bench runs the roles next to that binary instead
 #   (an A/B comparison of two builds).
 # Needs release binaries (cargo build --release -p mta -p mda -p msa -p correo-dns
@@ -14,7 +15,7 @@ set -euo pipefail
 n=${1:-2000}; s=${2:-20}; size=${3:-1024}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=$(mktemp)
-"${CORREO_BENCH:-$root/target/release/correo-bench}" --serve 3600 --idle "${IDLE:-0}" > "$out" &
+"${CORREO_BENCH:-$root/target/release/correo-bench}" --serve 3600 --idle "${IDLE:-0}" --log-level "${LOG_LEVEL:-info}" > "$out" &
 bench=$!
 # correo-bench stops the roles it started on SIGTERM; killing them here too
 # covers a harness that was killed outright.

@@ -513,7 +513,35 @@ fn header_part(message: &[u8]) -> &[u8] {
     &head[..end]
 }
 
-/// Builds a summary from a message header.
+/// The fields a [`Summary`] shows (From, Subject, Date), each with its
+/// folded continuation lines, out of a whole header. Parsing only these
+/// keeps the cost of a summary independent of the trace fields above them:
+/// mail_parser's structured parse of every `Received:` was 4.5% of the
+/// MDA's CPU per delivery (docs/BENCHMARKS.md, run 7).
+fn summary_fields(header: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    let mut keep = false;
+    for line in header.split_inclusive(|&b| b == b'\n') {
+        let continuation = matches!(line.first(), Some(b' ' | b'\t'));
+        if !continuation {
+            let name = line
+                .iter()
+                .position(|&b| b == b':')
+                .map(|colon| line[..colon].trim_ascii_end());
+            keep = name.is_some_and(|name| {
+                [&b"from"[..], b"subject", b"date"]
+                    .iter()
+                    .any(|wanted| name.eq_ignore_ascii_case(wanted))
+            });
+        }
+        if keep {
+            out.extend_from_slice(line);
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
 /// The `M<micros>` part of a name this MDA generated (`SECS.MuuuPpidQn.host`);
 /// 0 for names from elsewhere.
 fn micros(id: &str) -> u64 {
@@ -524,8 +552,10 @@ fn micros(id: &str) -> u64 {
     rest[..digits].parse().unwrap_or(0)
 }
 
+/// Builds a summary from a message header.
 pub fn summarize(header: &[u8], id: String, size: u64, delivered_at: i64, seen: bool) -> Summary {
-    let parsed = mail_parser::MessageParser::new().parse_headers(header);
+    let fields = summary_fields(header);
+    let parsed = mail_parser::MessageParser::new().parse_headers(&fields);
     let (from, subject, date) = match &parsed {
         Some(msg) => {
             let from = msg
@@ -604,6 +634,28 @@ mod tests {
             &std::fs::metadata(&d.path).unwrap().permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_summary_reads_only_its_fields_whatever_comes_around_them() {
+        let header = b"Received: from a.test by b.test; Tue, 1 Dec 2026 07:59:00 +0000\r\n\
+            Received: from c.test\r\n\tby d.test; Tue, 1 Dec 2026 07:58:00 +0000\r\n\
+            SUBJECT : folded\r\n  subject\r\n\
+            X-From: not@this.test\r\n\
+            from: Carol <carol@example.test>\r\n\
+            Date: Tue, 1 Dec 2026 08:00:00 +0000\r\n\
+            To: alice@example.test\r\n\r\n";
+        let fields = String::from_utf8(summary_fields(header)).unwrap();
+        assert_eq!(
+            fields,
+            "SUBJECT : folded\r\n  subject\r\nfrom: Carol <carol@example.test>\r\nDate: Tue, 1 Dec 2026 08:00:00 +0000\r\n\r\n"
+        );
+        let s = summarize(header, "x".into(), 1, 0, false);
+        assert_eq!(s.from, "Carol <carol@example.test>");
+        assert_eq!(s.subject, "folded subject");
+        assert_eq!(s.date, "Tue, 1 Dec 2026 08:00:00 +0000");
+        let bare = summarize(b"Received: from a.test\n\nbody", "y".into(), 1, 0, false);
+        assert_eq!((bare.from.as_str(), bare.subject.as_str()), ("", ""));
     }
 
     #[test]
