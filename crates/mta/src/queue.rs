@@ -50,10 +50,17 @@ pub struct DiskFull {
     pub min: u64,
 }
 
-/// Seconds since the Unix epoch.
 /// How often [`Queue::flush_if_dirty`] makes spool removals durable.
 const REMOVALS_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Messages up to this size keep a copy of their octets in memory until
+/// their first attempt ([`Queue::fresh_body`]).
+const FRESH_BODY_MAX: usize = 256 * 1024;
+/// At most this many octets of such copies at once; beyond it a message's
+/// first attempt reads the spool like any other.
+const FRESH_BODIES_BUDGET: usize = 32 * 1024 * 1024;
+
+/// Seconds since the Unix epoch.
 pub fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -252,6 +259,33 @@ pub struct Queue {
     removals_flushed: Mutex<std::time::Instant>,
     /// Wakes the scheduler when something became due.
     pub wake: Notify,
+    /// The octets of small messages not yet attempted, so that their first
+    /// attempt needs no spool read (a blocking-pool hop and a read per
+    /// message). A body goes when its entry stops being fresh.
+    fresh_bodies: Mutex<FreshBodies>,
+}
+
+#[derive(Default)]
+struct FreshBodies {
+    bodies: HashMap<String, Arc<[u8]>>,
+    bytes: usize,
+}
+
+impl FreshBodies {
+    fn insert(&mut self, id: &str, body: Arc<[u8]>) {
+        if self.bytes + body.len() <= FRESH_BODIES_BUDGET {
+            self.bytes += body.len();
+            if let Some(old) = self.bodies.insert(id.to_string(), body) {
+                self.bytes -= old.len();
+            }
+        }
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some(body) = self.bodies.remove(id) {
+            self.bytes -= body.len();
+        }
+    }
 }
 
 impl Queue {
@@ -292,6 +326,7 @@ impl Queue {
                 dirty: AtomicBool::new(false),
                 removals_flushed: Mutex::new(std::time::Instant::now()),
                 wake: Notify::new(),
+                fresh_bodies: Mutex::new(FreshBodies::default()),
             };
             match queue.reconcile() {
                 Ok(mut report) => {
@@ -365,6 +400,7 @@ impl Queue {
 
     /// Writes an index entry and keeps the schedule in step.
     fn put(&self, entry: &MessageEntry) -> Result<(), IndexError> {
+        self.fresh_bodies.lock().remove(&entry.queue_id);
         self.index.put(entry)?;
         self.dirty.store(true, Ordering::SeqCst);
         self.schedule
@@ -383,6 +419,7 @@ impl Queue {
     }
 
     fn remove_entry(&self, id: &str) -> Result<(), IndexError> {
+        self.fresh_bodies.lock().remove(id);
         self.schedule.lock().set(id, None);
         self.index.remove(id)?;
         self.dirty.store(true, Ordering::SeqCst);
@@ -419,14 +456,24 @@ impl Queue {
         })?;
         let message = message.into();
         let size = message.len() as u64;
+        let body: Option<Arc<[u8]>> = (message.len() <= FRESH_BODY_MAX).then(|| message[..].into());
         self.spool.store(&envelope, message).await?;
         let entry = new_entry(&envelope, size);
         {
             let _guard = self.lock.lock();
+            if let Some(body) = body {
+                self.fresh_bodies.lock().insert(&entry.queue_id, body);
+            }
             self.put_fresh(entry);
         }
         self.wake.notify_one();
         Ok(id)
+    }
+
+    /// The octets of a message not yet attempted, when memory holds them:
+    /// the same as [`Queue::read`] gives, without reading the spool.
+    pub fn fresh_body(&self, id: &str) -> Option<Arc<[u8]>> {
+        self.fresh_bodies.lock().bodies.get(id).cloned()
     }
 
     /// Reads a queued message for delivery.
@@ -504,10 +551,57 @@ impl Queue {
         now: i64,
     ) -> Result<Vec<String>, QueueError> {
         let _guard = self.lock.lock();
-        let Some(mut entry) = self.index.get(id.as_str())? else {
+        let Some(entry) = self.index.get(id.as_str())? else {
             tracing::info!(queue_id = %id, "results for a message no longer queued (deleted meanwhile)");
             return Ok(Vec::new());
         };
+        self.apply_outcomes(entry, outcomes, now)
+    }
+
+    /// [`Queue::record`] when it needs no wait for the disk, so an async
+    /// caller may run it in place: every outcome is a delivery and together
+    /// they finish a message without a `.done` file, so recording them is
+    /// forgetting the message (the spool's removal record is written
+    /// behind, [`Spool::remove`]). None when the caller must run
+    /// [`Queue::record`] on a blocking thread instead.
+    pub fn record_if_quick(
+        &self,
+        id: &QueueId,
+        outcomes: &[(String, Outcome)],
+        now: i64,
+    ) -> Option<Result<Vec<String>, QueueError>> {
+        if !outcomes
+            .iter()
+            .all(|(_, o)| matches!(o, Outcome::Delivered(_)))
+        {
+            return None;
+        }
+        let _guard = self.lock.lock();
+        let Ok(Some(entry)) = self.index.get(id.as_str()) else {
+            return None;
+        };
+        let finishes = entry
+            .recipients
+            .iter()
+            .filter(|r| !r.status.is_final())
+            .all(|r| {
+                outcomes
+                    .iter()
+                    .any(|(a, _)| a.eq_ignore_ascii_case(&r.address))
+            });
+        if !finishes || self.spool.has_done(id) {
+            return None;
+        }
+        Some(self.apply_outcomes(entry, outcomes, now))
+    }
+
+    /// The body of [`Queue::record`], under the lock.
+    fn apply_outcomes(
+        &self,
+        mut entry: MessageEntry,
+        outcomes: &[(String, Outcome)],
+        now: i64,
+    ) -> Result<Vec<String>, QueueError> {
         let mut newly_final = Vec::new();
         let mut failed = Vec::new();
         let mut deferred = Vec::new();
@@ -1051,6 +1145,98 @@ mod tests {
         assert_eq!(entry.recipients[0].status, RecipientStatus::Pending);
         assert_eq!(q.read(&fresh).unwrap().message, b"m1\r\n");
         assert_eq!(q.due_ids(1002), vec![fresh.to_string()]);
+    }
+
+    #[tokio::test]
+    async fn a_fresh_message_keeps_its_body_in_memory_until_its_first_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let (q, _) = Queue::open(dir.path(), policy()).unwrap();
+        let small = q.enqueue(envelope(&["x@a.test"]), b"m1\r\n").await.unwrap();
+        let large_message = vec![b'x'; FRESH_BODY_MAX + 1];
+        let large = q
+            .enqueue(envelope(&["x@a.test"]), large_message)
+            .await
+            .unwrap();
+        let deferred = q.enqueue(envelope(&["y@b.test"]), b"m3\r\n").await.unwrap();
+        assert_eq!(
+            q.fresh_body(small.as_str()).as_deref(),
+            Some(&b"m1\r\n"[..])
+        );
+        assert!(q.fresh_body(large.as_str()).is_none(), "too large to keep");
+        q.record(
+            &deferred,
+            &[("y@b.test".into(), Outcome::Deferred("451 later".into()))],
+            1001,
+        )
+        .unwrap();
+        assert!(q.fresh_body(deferred.as_str()).is_none(), "no longer fresh");
+        q.record(
+            &small,
+            &[("x@a.test".into(), Outcome::Delivered("250 ok".into()))],
+            1001,
+        )
+        .unwrap();
+        assert!(
+            q.fresh_body(small.as_str()).is_none(),
+            "gone with the message"
+        );
+        assert_eq!(q.fresh_bodies.lock().bytes, 0);
+
+        let mut bodies = FreshBodies::default();
+        bodies.insert("a", vec![0; FRESH_BODIES_BUDGET].into());
+        bodies.insert("b", vec![0; 1].into());
+        assert_eq!(
+            (bodies.bodies.len(), bodies.bytes),
+            (1, FRESH_BODIES_BUDGET)
+        );
+    }
+
+    #[tokio::test]
+    async fn only_a_delivery_that_finishes_a_message_is_recorded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let (q, _) = Queue::open(dir.path(), policy()).unwrap();
+        let delivered = |r: &str| vec![(r.to_string(), Outcome::Delivered("250 ok".into()))];
+        let one = q.enqueue(envelope(&["x@a.test"]), b"m\r\n").await.unwrap();
+        let deferred = vec![(
+            "x@a.test".to_string(),
+            Outcome::Deferred("451 later".into()),
+        )];
+        assert!(
+            q.record_if_quick(&one, &deferred, 1001).is_none(),
+            "a deferral waits for disk"
+        );
+        assert!(
+            q.record_if_quick(&one, &delivered("X@A.TEST"), 1001)
+                .unwrap()
+                .is_ok()
+        );
+        assert!(
+            q.show(one.as_str()).unwrap().is_none(),
+            "finished and removed"
+        );
+
+        let two = q
+            .enqueue(envelope(&["x@a.test", "y@b.test"]), b"m\r\n")
+            .await
+            .unwrap();
+        // One of two recipients: the .done line must be written (fsync).
+        assert!(
+            q.record_if_quick(&two, &delivered("x@a.test"), 1001)
+                .is_none()
+        );
+        q.record(&two, &delivered("x@a.test"), 1001).unwrap();
+        // The last one, but a .done file is there to unlink.
+        assert!(
+            q.record_if_quick(&two, &delivered("y@b.test"), 1001)
+                .is_none()
+        );
+        q.record(&two, &delivered("y@b.test"), 1001).unwrap();
+        assert!(q.show(two.as_str()).unwrap().is_none());
+        assert!(
+            q.record_if_quick(&two, &delivered("y@b.test"), 1001)
+                .is_none(),
+            "gone"
+        );
     }
 
     #[tokio::test]

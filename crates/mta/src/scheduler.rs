@@ -493,8 +493,13 @@ async fn run_job(queue: Arc<Queue>, deliver: Arc<dyn Deliver>, job: Job) -> (boo
     async move {
         let id = job.queue_id.clone();
         let q = queue.clone();
-        let message = match tokio::task::spawn_blocking(move || q.read(&id)).await {
-            Ok(Ok(spooled)) => spooled.message,
+        let message = match queue.fresh_body(job.queue_id.as_str()) {
+            Some(body) => Ok(Ok(Body::Shared(body))),
+            None => tokio::task::spawn_blocking(move || q.read(&id).map(|s| Body::Owned(s.message)))
+                .await,
+        };
+        let message = match message {
+            Ok(Ok(body)) => body,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "cannot read spool file");
                 return (unreadable_spool(&queue, &job), None);
@@ -549,8 +554,14 @@ async fn run_job(queue: Arc<Queue>, deliver: Arc<dyn Deliver>, job: Job) -> (boo
             }
         }
         let id = job.queue_id.clone();
-        let recorded =
-            tokio::task::spawn_blocking(move || queue.record(&id, &outcomes, now_secs())).await;
+        // Most first attempts deliver everything, and recording that waits
+        // for no disk: no hop to the blocking pool for it.
+        let recorded = match queue.record_if_quick(&id, &outcomes, now_secs()) {
+            Some(result) => Ok(result),
+            None => {
+                tokio::task::spawn_blocking(move || queue.record(&id, &outcomes, now_secs())).await
+            }
+        };
         let recorded = match recorded {
             Ok(Ok(_)) => true,
             // The recipients stay as they were and are tried again later.
@@ -567,6 +578,24 @@ async fn run_job(queue: Arc<Queue>, deliver: Arc<dyn Deliver>, job: Job) -> (boo
     }
     .instrument(span)
     .await
+}
+
+/// The octets of a message being delivered: shared with the queue's copy
+/// of a fresh message, or read from the spool.
+enum Body {
+    Shared(Arc<[u8]>),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Body {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Body::Shared(body) => body,
+            Body::Owned(body) => body,
+        }
+    }
 }
 
 /// A spool file that cannot be read: if it is gone, the index entry goes
@@ -714,12 +743,15 @@ mod tests {
     async fn vanished_spool_files_are_dropped_and_unreadable_ones_deferred() {
         let dir = tempfile::tempdir().unwrap();
         let queue = open(dir.path()).await;
+        // Too large for the queue to keep a copy in memory: the first
+        // attempt reads the spool.
+        let message = vec![b'm'; 300 * 1024];
         let gone = queue
-            .enqueue(envelope(&["a@one.test"]), b"m\r\n")
+            .enqueue(envelope(&["a@one.test"]), message.clone())
             .await
             .unwrap();
         let bad = queue
-            .enqueue(envelope(&["b@one.test"]), b"m\r\n")
+            .enqueue(envelope(&["b@one.test"]), message)
             .await
             .unwrap();
         queue.spool_for_tests().remove(&gone).unwrap();

@@ -450,6 +450,11 @@ impl Spool {
         }
     }
 
+    /// Whether `id` has a `.done` file (some recipients finished).
+    pub fn has_done(&self, id: &QueueId) -> bool {
+        self.with_done.lock().contains(id)
+    }
+
     /// Whether `id` is queued.
     pub fn exists(&self, id: &QueueId) -> bool {
         self.segments.contains(id)
