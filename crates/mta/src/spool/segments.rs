@@ -88,6 +88,9 @@ enum Op {
 /// Batches are cut at this many message octets, so one huge burst does not
 /// hold every caller back until all of it is written.
 const BATCH_BYTES: usize = 8 << 20;
+/// Messages up to this size are copied behind their record header and
+/// written with it in one call.
+const INLINE_WRITE_MAX: usize = 64 * 1024;
 
 /// The segments of one spool.
 pub struct Segments {
@@ -569,12 +572,20 @@ impl Writer {
         }
         let len = (HEADER_LEN + body_len) as u64;
         let (seg, file, end) = self.active_for(len)?;
-        let mut first = Vec::with_capacity(HEADER_LEN + head.len());
+        // A small message goes into the same buffer: one write(2) per
+        // record instead of two. A large one is not copied.
+        let inline = message.len() <= INLINE_WRITE_MAX;
+        let mut first =
+            Vec::with_capacity(HEADER_LEN + head.len() + if inline { message.len() } else { 0 });
         first.extend_from_slice(&record::header(KIND_MESSAGE, &[head, message]));
         first.extend_from_slice(head);
-        let result = file
-            .write_all_at(&first, end)
-            .and_then(|()| file.write_all_at(message, end + first.len() as u64));
+        let result = if inline {
+            first.extend_from_slice(message);
+            file.write_all_at(&first, end)
+        } else {
+            file.write_all_at(&first, end)
+                .and_then(|()| file.write_all_at(message, end + first.len() as u64))
+        };
         if let Err(e) = result {
             self.cut_back(seg, &file, end);
             return Err(e);
