@@ -133,12 +133,17 @@ impl MessageEntry {
     }
 }
 
+/// At most this many fresh entries are kept in memory (about 300 bytes
+/// each); more go to sled at once.
+pub const FRESH_MAX: usize = 100_000;
+
 /// The sled database and its message tree, and the entries of messages
 /// not yet attempted (in memory only; see the module docs).
 pub struct Index {
     db: sled::Db,
     messages: sled::Tree,
     fresh: Mutex<HashMap<String, MessageEntry>>,
+    fresh_max: usize,
 }
 
 impl Index {
@@ -149,6 +154,7 @@ impl Index {
             db,
             messages,
             fresh: Mutex::new(HashMap::new()),
+            fresh_max: FRESH_MAX,
         })
     }
 
@@ -164,9 +170,23 @@ impl Index {
 
     /// Keeps the entry of a message that was just spooled and never
     /// attempted: exactly what the spool file rebuilds, so it need not
-    /// reach disk.
-    pub fn put_fresh(&self, entry: MessageEntry) {
-        self.fresh.lock().insert(entry.queue_id.clone(), entry);
+    /// reach disk. Past [`FRESH_MAX`] entries in memory it goes to sled
+    /// like any other, so a long wait for first attempts costs no more
+    /// memory than before.
+    /// Returns whether the entry was kept in memory.
+    pub fn put_fresh(&self, entry: MessageEntry) -> Result<bool, IndexError> {
+        let mut fresh = self.fresh.lock();
+        if fresh.len() >= self.fresh_max {
+            drop(fresh);
+            return self.put(&entry).map(|()| false);
+        }
+        fresh.insert(entry.queue_id.clone(), entry);
+        Ok(true)
+    }
+
+    /// The entry of `id` if it is fresh (never attempted, memory only).
+    pub fn get_fresh(&self, id: &str) -> Option<MessageEntry> {
+        self.fresh.lock().get(id).cloned()
     }
 
     /// Writes an entry to sled (it is no longer fresh).
@@ -188,7 +208,9 @@ impl Index {
     }
 
     /// Every entry, in queue id order (arrival order). An undecodable entry
-    /// is skipped with a warning; the spool rebuild recreates it.
+    /// is skipped with a warning; the spool rebuild recreates it. The
+    /// caller keeps writers out meanwhile (`Queue`'s lock): an entry that
+    /// moved from memory to sled during the listing would be listed twice.
     pub fn all(&self) -> Result<Vec<MessageEntry>, IndexError> {
         let mut entries: Vec<MessageEntry> = self.fresh.lock().values().cloned().collect();
         for item in self.messages.iter() {
@@ -205,7 +227,8 @@ impl Index {
         Ok(entries)
     }
 
-    /// Every key, including undecodable entries, in queue id order.
+    /// Every key, including undecodable entries, in queue id order (same
+    /// condition as [`Index::all`]).
     pub fn ids(&self) -> Result<Vec<String>, IndexError> {
         let mut ids: Vec<String> = self.fresh.lock().keys().cloned().collect();
         for key in self.messages.iter().keys() {
@@ -227,4 +250,58 @@ fn decode(id: &str, bytes: &[u8]) -> Result<MessageEntry, IndexError> {
         id: id.to_string(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str) -> MessageEntry {
+        MessageEntry {
+            queue_id: id.into(),
+            sender: "a@x.test".into(),
+            journey_id: "j".into(),
+            received_at: 1,
+            size: 1,
+            held: false,
+            warned: false,
+            recipients: vec![RecipientEntry::pending("b@y.test".into())],
+        }
+    }
+
+    #[test]
+    fn fresh_entries_live_in_memory_up_to_a_limit_and_move_to_sled_on_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.sled");
+        {
+            let mut index = Index::open(&path).unwrap();
+            index.fresh_max = 2;
+            assert!(index.put_fresh(entry("03")).unwrap());
+            assert!(index.put_fresh(entry("01")).unwrap());
+            assert!(
+                !index.put_fresh(entry("02")).unwrap(),
+                "over the limit: sled"
+            );
+            assert_eq!(index.ids().unwrap(), ["01", "02", "03"]);
+            let all: Vec<String> = index
+                .all()
+                .unwrap()
+                .into_iter()
+                .map(|e| e.queue_id)
+                .collect();
+            assert_eq!(all, ["01", "02", "03"]);
+            assert!(index.get_fresh("01").is_some() && index.get_fresh("02").is_none());
+            let mut changed = index.get("01").unwrap().unwrap();
+            changed.held = true;
+            index.put(&changed).unwrap();
+            assert!(index.get_fresh("01").is_none());
+            assert!(index.get("01").unwrap().unwrap().held);
+            index.remove("03").unwrap();
+            assert!(index.get("03").unwrap().is_none());
+            index.flush().unwrap();
+        }
+        // After a stop only what reached sled is there.
+        let index = Index::open(&path).unwrap();
+        assert_eq!(index.ids().unwrap(), ["01", "02"]);
+    }
 }

@@ -93,7 +93,8 @@ impl Outcome {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Reconciled {
     /// Spool files that had no index entry (now all recipients pending,
-    /// minus those in `.done`).
+    /// minus those in `.done`). Messages not yet attempted are among them
+    /// after any stop: their entries are kept in memory only.
     pub rebuilt: usize,
     /// Index entries without a spool file (dropped).
     pub dropped: usize,
@@ -272,8 +273,12 @@ struct FreshBodies {
 }
 
 impl FreshBodies {
+    fn has_room(&self, len: usize) -> bool {
+        len <= FRESH_BODY_MAX && self.bytes + len <= FRESH_BODIES_BUDGET
+    }
+
     fn insert(&mut self, id: &str, body: Arc<[u8]>) {
-        if self.bytes + body.len() <= FRESH_BODIES_BUDGET {
+        if self.has_room(body.len()) {
             self.bytes += body.len();
             if let Some(old) = self.bodies.insert(id.to_string(), body) {
                 self.bytes -= old.len();
@@ -411,11 +416,16 @@ impl Queue {
 
     /// Indexes a message that was just spooled, in memory until its first
     /// attempt changes it ([`Index::put_fresh`]), and schedules it.
-    fn put_fresh(&self, entry: MessageEntry) {
-        self.schedule
-            .lock()
-            .set(&entry.queue_id, schedule_key(&entry));
-        self.index.put_fresh(entry);
+    /// Returns whether the entry is kept in memory.
+    fn put_fresh(&self, entry: MessageEntry) -> Result<bool, IndexError> {
+        let key = schedule_key(&entry);
+        let id = entry.queue_id.clone();
+        let kept = self.index.put_fresh(entry)?;
+        if !kept {
+            self.dirty.store(true, Ordering::SeqCst);
+        }
+        self.schedule.lock().set(&id, key);
+        Ok(kept)
     }
 
     fn remove_entry(&self, id: &str) -> Result<(), IndexError> {
@@ -456,15 +466,27 @@ impl Queue {
         })?;
         let message = message.into();
         let size = message.len() as u64;
-        let body: Option<Arc<[u8]>> = (message.len() <= FRESH_BODY_MAX).then(|| message[..].into());
+        // The budget is checked again at insertion; this check only saves
+        // a copy that would be thrown away.
+        let keep = self.fresh_bodies.lock().has_room(message.len());
+        let body: Option<Arc<[u8]>> = keep.then(|| message[..].into());
         self.spool.store(&envelope, message).await?;
         let entry = new_entry(&envelope, size);
         {
             let _guard = self.lock.lock();
-            if let Some(body) = body {
-                self.fresh_bodies.lock().insert(&entry.queue_id, body);
+            // An index failure after a durable spool write is not a loss: the
+            // next start-up rebuilds the entry. Still acknowledge-worthy.
+            match self.put_fresh(entry) {
+                Ok(true) => {
+                    if let Some(body) = body {
+                        self.fresh_bodies.lock().insert(id.as_str(), body);
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(queue_id = %id, error = %e, "spooled but not indexed; restart rebuilds it")
+                }
             }
-            self.put_fresh(entry);
         }
         self.wake.notify_one();
         Ok(id)
@@ -560,10 +582,12 @@ impl Queue {
 
     /// [`Queue::record`] when it needs no wait for the disk, so an async
     /// caller may run it in place: every outcome is a delivery and together
-    /// they finish a message without a `.done` file, so recording them is
-    /// forgetting the message (the spool's removal record is written
-    /// behind, [`Spool::remove`]). None when the caller must run
-    /// [`Queue::record`] on a blocking thread instead.
+    /// they finish a fresh message (never attempted before, so in memory
+    /// and without a `.done` file), and the queue's lock is free (its other
+    /// holders may be waiting for an fsync). Recording is then forgetting
+    /// the message (the spool's removal record is written behind,
+    /// [`Spool::remove`]). None when the caller must run [`Queue::record`]
+    /// on a blocking thread instead.
     pub fn record_if_quick(
         &self,
         id: &QueueId,
@@ -576,20 +600,9 @@ impl Queue {
         {
             return None;
         }
-        let _guard = self.lock.lock();
-        let Ok(Some(entry)) = self.index.get(id.as_str()) else {
-            return None;
-        };
-        let finishes = entry
-            .recipients
-            .iter()
-            .filter(|r| !r.status.is_final())
-            .all(|r| {
-                outcomes
-                    .iter()
-                    .any(|(a, _)| a.eq_ignore_ascii_case(&r.address))
-            });
-        if !finishes || self.spool.has_done(id) {
+        let _guard = self.lock.try_lock()?;
+        let entry = self.index.get_fresh(id.as_str())?;
+        if !finished_by(&entry, outcomes) || self.spool.has_done(id) {
             return None;
         }
         Some(self.apply_outcomes(entry, outcomes, now))
@@ -759,7 +772,9 @@ impl Queue {
             authenticated_user: None,
         };
         self.spool.store_blocking(&envelope, &message)?;
-        self.put_fresh(new_entry(&envelope, message.len() as u64));
+        if let Err(e) = self.put_fresh(new_entry(&envelope, message.len() as u64)) {
+            tracing::error!(queue_id = %dsn_id, error = %e, "DSN spooled but not indexed; restart rebuilds it");
+        }
         tracing::info!(
             queue_id = %entry.queue_id,
             journey = %entry.journey_id,
@@ -953,12 +968,34 @@ impl Queue {
             };
             if due {
                 self.spool.flush()?;
+            } else {
+                // Still to do: a later round flushes the removals, even if
+                // nothing else changes meanwhile.
+                self.dirty.store(true, Ordering::SeqCst);
             }
             self.index.flush()?;
             return Ok(true);
         }
         Ok(false)
     }
+}
+
+/// Whether `outcomes` finish every recipient of `entry`, matched as
+/// [`Queue::record`] matches them (each outcome to the first unfinished
+/// recipient of that address).
+fn finished_by(entry: &MessageEntry, outcomes: &[(String, Outcome)]) -> bool {
+    let mut open: Vec<&str> = entry
+        .recipients
+        .iter()
+        .filter(|r| !r.status.is_final())
+        .map(|r| r.address.as_str())
+        .collect();
+    for (recipient, _) in outcomes {
+        if let Some(at) = open.iter().position(|a| a.eq_ignore_ascii_case(recipient)) {
+            open.remove(at);
+        }
+    }
+    open.is_empty()
 }
 
 /// Opens sled, turning a panic on damaged files into an error.
@@ -1183,12 +1220,17 @@ mod tests {
         assert_eq!(q.fresh_bodies.lock().bytes, 0);
 
         let mut bodies = FreshBodies::default();
-        bodies.insert("a", vec![0; FRESH_BODIES_BUDGET].into());
-        bodies.insert("b", vec![0; 1].into());
+        let count = FRESH_BODIES_BUDGET / FRESH_BODY_MAX;
+        for i in 0..=count {
+            bodies.insert(&i.to_string(), vec![0; FRESH_BODY_MAX].into());
+        }
         assert_eq!(
             (bodies.bodies.len(), bodies.bytes),
-            (1, FRESH_BODIES_BUDGET)
+            (count, FRESH_BODIES_BUDGET),
+            "the budget holds"
         );
+        bodies.remove("0");
+        assert!(bodies.has_room(FRESH_BODY_MAX) && !bodies.has_room(FRESH_BODY_MAX + 1));
     }
 
     #[tokio::test]
@@ -1237,6 +1279,24 @@ mod tests {
                 .is_none(),
             "gone"
         );
+
+        // The same address twice needs two outcomes, as in `record`.
+        let twice = q
+            .enqueue(envelope(&["x@a.test", "x@a.test"]), b"m\r\n")
+            .await
+            .unwrap();
+        assert!(
+            q.record_if_quick(&twice, &delivered("x@a.test"), 1001)
+                .is_none()
+        );
+        // A busy queue lock (its holder may wait for an fsync) is not waited for.
+        let both: Vec<_> = [delivered("x@a.test"), delivered("x@a.test")].concat();
+        {
+            let _held = q.lock.lock();
+            assert!(q.record_if_quick(&twice, &both, 1001).is_none());
+        }
+        assert!(q.record_if_quick(&twice, &both, 1001).unwrap().is_ok());
+        assert!(q.show(twice.as_str()).unwrap().is_none());
     }
 
     #[tokio::test]

@@ -112,6 +112,8 @@ impl Server {
         tracing::info!(
             node = %node,
             queued = report.queued,
+            // Rebuilt from the spool: messages never attempted (kept in
+            // memory only), or every message if the index was lost.
             rebuilt = report.rebuilt,
             dropped = report.dropped,
             finished = report.finished,
