@@ -30,7 +30,8 @@ run() {
   # Set the delivered files aside instead of deleting them: mass deletes
   # slow the next run's file creations (docs/BENCHMARKS.md, run 4).
   aside=$((aside + 1))
-  mv "$new" "$new.aside.$$.$aside" && mkdir -m 700 "$new"
+  # (Before the first delivery there is no Maildir yet: nothing to move.)
+  if [ -d "$new" ]; then mv "$new" "$new.aside.$$.$aside" && mkdir -m 700 "$new"; fi
   local m0 d0 t0; m0=$(ticks "$mta"); d0=$(ticks "$mda"); t0=$(date +%s.%N)
   smtp-source -l "$size" -m "$1" -s "$s" -f a@bench.test -t user@bench.test "$smtp"
   while [ "$(ls "$new" | wc -l)" -lt "$1" ]; do sleep 0.05; done

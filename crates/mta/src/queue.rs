@@ -58,7 +58,7 @@ const REMOVALS_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_s
 const FRESH_BODY_MAX: usize = 256 * 1024;
 /// At most this many octets of such copies at once; beyond it a message's
 /// first attempt reads the spool like any other.
-const FRESH_BODIES_BUDGET: usize = 32 * 1024 * 1024;
+const FRESH_BODIES_BUDGET: usize = 16 * 1024 * 1024;
 
 /// Seconds since the Unix epoch.
 pub fn now_secs() -> i64 {
