@@ -274,15 +274,6 @@ impl Scheduler {
         // the index. Walking every due message on every wake-up (one per
         // enqueue and per finished job) was a fifth of the MTA's CPU in a
         // burst (docs/BENCHMARKS.md, run 5).
-        let blocked: HashSet<(String, String)> = {
-            let in_flight = self.in_flight.lock();
-            let cooldown = self.cooldown.lock();
-            in_flight
-                .iter()
-                .chain(cooldown.keys())
-                .map(|(id, domain)| (id.to_string(), domain.clone()))
-                .collect()
-        };
         let available: HashMap<String, usize> = self
             .per_domain
             .lock()
@@ -294,17 +285,30 @@ impl Scheduler {
             .filter(|(_, free)| **free == 0)
             .map(|(d, _)| d.clone())
             .collect();
-        let may_start = |id: &str, domains: &[String], full: &HashSet<String>| {
-            domains
-                .iter()
-                .any(|d| !full.contains(d) && !blocked.contains(&(id.to_string(), d.clone())))
-        };
         let per_destination = self.limits.per_destination;
-        let (candidates, more) = self.queue.due_by_domain(
-            now,
-            |domain| available.get(domain).copied().unwrap_or(per_destination),
-            |id, domain| blocked.contains(&(id.to_string(), domain.to_string())),
-        );
+        let (candidates, more) = {
+            // Borrowed under the locks, not cloned: a wake-up comes with
+            // every enqueue and every finished job, and copying each
+            // (id, domain) in flight cost two allocations per pair per
+            // wake-up (docs/BENCHMARKS.md, run 7).
+            let in_flight = self.in_flight.lock();
+            let cooldown = self.cooldown.lock();
+            let blocked: HashSet<(&str, &str)> = in_flight
+                .iter()
+                .chain(cooldown.keys())
+                .map(|(id, domain)| (id.as_str(), domain.as_str()))
+                .collect();
+            self.queue.due_by_domain(
+                now,
+                |domain| available.get(domain).copied().unwrap_or(per_destination),
+                |id, domain| blocked.contains(&(id, domain)),
+            )
+        };
+        // A candidate whose destinations all filled up earlier in this
+        // round waits; one in flight or cooling down for a destination is
+        // passed over for it below.
+        let may_start =
+            |domains: &[String], full: &HashSet<String>| domains.iter().any(|d| !full.contains(d));
         // Whether this round started or postponed anything: only then is
         // another round right away worth it when `more` is due.
         let mut progressed = false;
@@ -312,7 +316,7 @@ impl Scheduler {
             if self.global.available_permits() == 0 {
                 break; // Everything is busy; finished jobs wake us.
             }
-            if !may_start(&id, &domains, &full) {
+            if !may_start(&domains, &full) {
                 continue; // Its destinations filled up earlier in this round.
             }
             let Some(queue_id) = QueueId::parse(&id) else {
