@@ -1084,6 +1084,16 @@ mod tests {
         })
     }
 
+    /// The outcomes of an attempt that delivered to `rcpt`.
+    fn delivered(rcpt: &str) -> Vec<(String, Outcome)> {
+        vec![(rcpt.into(), Outcome::Delivered("250 ok".into()))]
+    }
+
+    /// The outcomes of an attempt that `rcpt`'s server deferred.
+    fn deferred(rcpt: &str) -> Vec<(String, Outcome)> {
+        vec![(rcpt.into(), Outcome::Deferred("451 later".into()))]
+    }
+
     fn envelope(rcpts: &[&str]) -> SpoolEnvelope {
         envelope_from("s@remote.test", rcpts)
     }
@@ -1112,12 +1122,7 @@ mod tests {
                 .unwrap();
             b = q.enqueue(envelope(&["z@c.test"]), b"m2\r\n").await.unwrap();
             // x delivered, y remains: the .done file remembers x.
-            q.record(
-                &a,
-                &[("x@a.test".into(), Outcome::Delivered("250 ok".into()))],
-                1001,
-            )
-            .unwrap();
+            q.record(&a, &delivered("x@a.test"), 1001).unwrap();
             q.flush().unwrap();
         }
         std::fs::remove_dir_all(dir.path().join("queue.sled")).unwrap();
@@ -1149,20 +1154,15 @@ mod tests {
     #[tokio::test]
     async fn a_message_not_yet_attempted_skips_sled_and_survives_a_crash() {
         let dir = tempfile::tempdir().unwrap();
-        let (fresh, deferred);
+        let (fresh, later);
         {
             let (q, _) = Queue::open(dir.path(), policy()).unwrap();
             fresh = q.enqueue(envelope(&["x@a.test"]), b"m1\r\n").await.unwrap();
-            deferred = q.enqueue(envelope(&["y@b.test"]), b"m2\r\n").await.unwrap();
-            q.record(
-                &deferred,
-                &[("y@b.test".into(), Outcome::Deferred("451 later".into()))],
-                1001,
-            )
-            .unwrap();
+            later = q.enqueue(envelope(&["y@b.test"]), b"m2\r\n").await.unwrap();
+            q.record(&later, &deferred("y@b.test"), 1001).unwrap();
             // Both are listed and shown, in arrival order.
             let listed: Vec<String> = q.list().unwrap().into_iter().map(|e| e.queue_id).collect();
-            assert_eq!(listed, vec![fresh.to_string(), deferred.to_string()]);
+            assert_eq!(listed, vec![fresh.to_string(), later.to_string()]);
             assert_eq!(q.show(fresh.as_str()).unwrap().unwrap().size, 4);
             q.flush().unwrap();
             // The crash: the queue is dropped with nothing else written.
@@ -1173,7 +1173,7 @@ mod tests {
                 index.get(fresh.as_str()).unwrap().is_none(),
                 "fresh entry reached sled"
             );
-            let stored = index.get(deferred.as_str()).unwrap().unwrap();
+            let stored = index.get(later.as_str()).unwrap().unwrap();
             assert_eq!(stored.recipients[0].status, RecipientStatus::Deferred);
         }
         let (q, report) = Queue::open(dir.path(), policy()).unwrap();
@@ -1194,25 +1194,15 @@ mod tests {
             .enqueue(envelope(&["x@a.test"]), large_message)
             .await
             .unwrap();
-        let deferred = q.enqueue(envelope(&["y@b.test"]), b"m3\r\n").await.unwrap();
+        let later = q.enqueue(envelope(&["y@b.test"]), b"m3\r\n").await.unwrap();
         assert_eq!(
             q.fresh_body(small.as_str()).as_deref(),
             Some(&b"m1\r\n"[..])
         );
         assert!(q.fresh_body(large.as_str()).is_none(), "too large to keep");
-        q.record(
-            &deferred,
-            &[("y@b.test".into(), Outcome::Deferred("451 later".into()))],
-            1001,
-        )
-        .unwrap();
-        assert!(q.fresh_body(deferred.as_str()).is_none(), "no longer fresh");
-        q.record(
-            &small,
-            &[("x@a.test".into(), Outcome::Delivered("250 ok".into()))],
-            1001,
-        )
-        .unwrap();
+        q.record(&later, &deferred("y@b.test"), 1001).unwrap();
+        assert!(q.fresh_body(later.as_str()).is_none(), "no longer fresh");
+        q.record(&small, &delivered("x@a.test"), 1001).unwrap();
         assert!(
             q.fresh_body(small.as_str()).is_none(),
             "gone with the message"
@@ -1237,14 +1227,10 @@ mod tests {
     async fn only_a_delivery_that_finishes_a_message_is_recorded_in_place() {
         let dir = tempfile::tempdir().unwrap();
         let (q, _) = Queue::open(dir.path(), policy()).unwrap();
-        let delivered = |r: &str| vec![(r.to_string(), Outcome::Delivered("250 ok".into()))];
         let one = q.enqueue(envelope(&["x@a.test"]), b"m\r\n").await.unwrap();
-        let deferred = vec![(
-            "x@a.test".to_string(),
-            Outcome::Deferred("451 later".into()),
-        )];
         assert!(
-            q.record_if_quick(&one, &deferred, 1001).is_none(),
+            q.record_if_quick(&one, &deferred("x@a.test"), 1001)
+                .is_none(),
             "a deferral waits for disk"
         );
         assert!(
@@ -1307,12 +1293,7 @@ mod tests {
             let (q, _) = Queue::open(dir.path(), policy()).unwrap();
             id = q.enqueue(envelope(&["x@a.test"]), b"m\r\n").await.unwrap();
             // Deferred once, so its entry is in sled, not only in memory.
-            q.record(
-                &id,
-                &[("x@a.test".into(), Outcome::Deferred("451 later".into()))],
-                1001,
-            )
-            .unwrap();
+            q.record(&id, &deferred("x@a.test"), 1001).unwrap();
             q.flush().unwrap();
         }
         // The spool (the truth) loses the message; the index still has it.
@@ -1358,13 +1339,7 @@ mod tests {
         q.set_held(id.as_str(), false).unwrap();
         assert_eq!(q.due(1100).unwrap().len(), 1);
         // Past the lifetime a deferral is a failure; the message leaves.
-        let failed = q
-            .record(
-                &id,
-                &[("x@a.test".into(), Outcome::Deferred("451 later".into()))],
-                1000 + 3600,
-            )
-            .unwrap();
+        let failed = q.record(&id, &deferred("x@a.test"), 1000 + 3600).unwrap();
         assert_eq!(failed, vec!["x@a.test"]);
         assert!(q.show(id.as_str()).unwrap().is_none());
         assert!(!q.spool_for_tests().exists(&id));
@@ -1653,12 +1628,7 @@ mod tests {
         q.set_held(ids[3].as_str(), false).unwrap();
         assert!(q.due_ids(1100).contains(&ids[3].to_string()));
         // Finished messages leave it.
-        q.record(
-            &ids[4],
-            &[("x@a.test".into(), Outcome::Delivered("250 ok".into()))],
-            1100,
-        )
-        .unwrap();
+        q.record(&ids[4], &delivered("x@a.test"), 1100).unwrap();
         assert!(!q.due_ids(9999).contains(&ids[4].to_string()));
         // The schedule is rebuilt at start-up.
         drop(q);
