@@ -121,6 +121,66 @@ pub fn create_new_durable(
     result
 }
 
+/// The first half of a batch commit: creates `scratch` (which must not
+/// exist) with the bytes `write` puts into it, and does not fsync it. A
+/// batch stages every file, makes them all durable with one
+/// [`sync_filesystem`], and only then gives each its name with [`publish`],
+/// so a name still never points at a file whose octets are not on disk.
+/// A failed write removes the scratch file.
+pub fn stage(
+    scratch: &Path,
+    mode: u32,
+    mut write: impl FnMut(&mut File) -> io::Result<()>,
+) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let result = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(scratch)
+        .and_then(|mut file| write(&mut file));
+    if let Err(e) = result {
+        if e.kind() != io::ErrorKind::AlreadyExists {
+            let _ = std::fs::remove_file(scratch);
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// The last half of a batch commit: links a staged file, made durable since
+/// by [`sync_filesystem`], at `dest` (refusing to replace a file there, as
+/// [`create_new_durable`] does) and removes the scratch name. The caller
+/// still fsyncs the directory of `dest`.
+pub fn publish(scratch: &Path, dest: &Path) -> io::Result<()> {
+    std::fs::hard_link(scratch, dest)?;
+    let _ = std::fs::remove_file(scratch);
+    Ok(())
+}
+
+/// A handle on one file system for [`sync_filesystem`], opened before the
+/// writes it must cover: syncfs(2) reports the writeback errors that
+/// happened since its descriptor was opened (Linux 5.8 and later), so one
+/// opened after a failed writeback would not see the failure.
+#[derive(Debug)]
+pub struct FileSystem(File);
+
+impl FileSystem {
+    /// The file system that holds `dir`.
+    pub fn of(dir: &Path) -> io::Result<FileSystem> {
+        File::open(dir).map(FileSystem)
+    }
+}
+
+/// syncfs(2): when it returns `Ok`, everything written on the file system
+/// so far, octets and metadata of every file, is on stable storage. One
+/// call stands for the fsync of each file of a batch (they all share one
+/// journal commit instead of waiting for one each).
+pub fn sync_filesystem(fs: &FileSystem) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    nix::unistd::syncfs(fs.0.as_raw_fd()).map_err(io::Error::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +225,32 @@ mod tests {
         assert_eq!(std::fs::read(&dest).unwrap(), b"first");
         // Nothing is left behind under another name.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_staged_file_gets_its_name_only_when_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FileSystem::of(dir.path()).unwrap();
+        let scratch = dir.path().join("c.tmp");
+        let dest = dir.path().join("c");
+        stage(&scratch, 0o600, |f| f.write_all(b"staged")).unwrap();
+        assert!(!dest.exists());
+        let again = stage(&scratch, 0o600, |f| f.write_all(b"other")).unwrap_err();
+        assert_eq!(again.kind(), io::ErrorKind::AlreadyExists);
+        sync_filesystem(&fs).unwrap();
+        publish(&scratch, &dest).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"staged");
+        assert!(!scratch.exists());
+        // Publishing never replaces a file.
+        stage(&scratch, 0o600, |f| f.write_all(b"second")).unwrap();
+        let err = publish(&scratch, &dest).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&dest).unwrap(), b"staged");
+        // A failed write leaves no scratch file.
+        std::fs::remove_file(&scratch).unwrap();
+        let failed = stage(&scratch, 0o600, |_| Err(io::Error::other("no"))).unwrap_err();
+        assert_eq!(failed.to_string(), "no");
+        assert!(!scratch.exists());
     }
 
     #[test]

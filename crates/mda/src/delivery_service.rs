@@ -34,8 +34,6 @@ const MAX_BATCH_MESSAGES: usize = 1000;
 /// messages stay within one message's limit, a message too large meets its
 /// own limit first and fails alone.
 const MAX_BATCH_SIZE: usize = 2 * MAX_MESSAGE_SIZE;
-/// Blocking tasks that write the files of one batch at once.
-const WRITERS: usize = 4;
 
 /// The Delivery service over the shared state.
 #[derive(Debug, Clone)]
@@ -506,45 +504,39 @@ impl DeliveryService {
     }
 
     /// Writes every (user, sender, message) of a batch on the blocking pool,
-    /// in up to [`WRITERS`] groups at once: each file needs its own fsync,
-    /// and the disk completes concurrent ones much faster than one after
-    /// another. Results in the order of `writes`.
+    /// as one batch commit ([`crate::maildir::MailStore::deliver_many`]: the
+    /// files share one syncfs instead of an fsync each). Results in the
+    /// order of `writes`.
     async fn write_all(
         &self,
         writes: Vec<(Address, String, Arc<[u8]>)>,
     ) -> Vec<Result<crate::maildir::Delivered, MaildirError>> {
-        let started = std::time::Instant::now();
-        let per_group = writes.len().div_ceil(WRITERS).max(1);
-        let mut groups = Vec::new();
-        let mut writes = writes.into_iter().peekable();
-        while writes.peek().is_some() {
-            let group: Vec<_> = writes.by_ref().take(per_group).collect();
-            let count = group.len();
-            let store = self.state.store.clone();
-            let task = tokio::task::spawn_blocking(move || {
-                let results = store.deliver_many(&group);
-                // Each write's duration is its group's: they share the fsyncs.
-                let took = started.elapsed();
-                for result in &results {
-                    correo_runtime::metrics::mda_write(result.is_ok(), took);
-                }
-                results
-            });
-            groups.push((count, task));
+        if writes.is_empty() {
+            return Vec::new();
         }
-        let mut results = Vec::new();
-        for (count, task) in groups {
-            match task.await {
-                Ok(group) => results.extend(group),
-                Err(join) => results.extend((0..count).map(|_| {
+        let started = std::time::Instant::now();
+        let count = writes.len();
+        let store = self.state.store.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let results = store.deliver_many(&writes);
+            // Each write's duration is its batch's: they share the syncs.
+            let took = started.elapsed();
+            for result in &results {
+                correo_runtime::metrics::mda_write(result.is_ok(), took);
+            }
+            results
+        });
+        match task.await {
+            Ok(results) => results,
+            Err(join) => (0..count)
+                .map(|_| {
                     Err(MaildirError::Io {
                         path: Default::default(),
                         source: std::io::Error::other(join.to_string()),
                     })
-                })),
-            }
+                })
+                .collect(),
         }
-        results
     }
 }
 

@@ -1,14 +1,20 @@
 //! Maildir storage: `<data_dir>/mail/<domain>/<user>/Maildir/{tmp,new,cur}`.
 //!
 //! Delivery follows the Maildir protocol (D. J. Bernstein, "Using maildir
-//! format"): the message is complete and fsynced before it has a name in
-//! `new/`, then `new/` is fsynced. On Linux the file is written as an
-//! anonymous `O_TMPFILE` file and linked into `new/` (it never appears in
-//! `tmp/`); elsewhere it goes to `tmp/<unique>` and is linked into `new/`
-//! (see `correo_runtime::durable`). Concurrent deliveries share one fsync
-//! of `new/` (group commit). A reader therefore never sees a partial
-//! message, and once [`MailStore::deliver`] returns the message survives a
-//! crash.
+//! format"): the message is written under `tmp/`, is complete and on disk
+//! before it has a name in `new/`, then `new/` is fsynced. A single
+//! delivery fsyncs its own file ([`correo_runtime::durable::create_new_durable`]);
+//! a batch ([`MailStore::deliver_many`]) writes all of its files, makes
+//! them durable with one syncfs(2) of the file system, and only then links
+//! each into `new/`. Concurrent deliveries share one fsync of `new/`
+//! (group commit). A reader therefore never sees a partial message, and
+//! once a delivery returns the message survives a crash. A crash between
+//! the steps leaves at most a file in `tmp/`, which the periodic sweep
+//! removes; the MTA, never told of the delivery, delivers it again.
+//!
+//! The syncfs covers the whole file system that holds `<data_dir>`: on one
+//! shared with heavy writers, a batch also waits for their writeback, so
+//! the mail store is best on a file system of its own.
 //!
 //! Unique names are `<secs>.M<micros>P<pid>Q<counter>.<host>,S=<size>`; they
 //! double as the message ids of the mailbox API. Every path here is built
@@ -23,6 +29,17 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use correo_runtime::durable::{FileSystem, sync_filesystem};
+
+/// A message of a batch written under its `tmp/` name, not yet synced.
+struct Staged {
+    maildir: PathBuf,
+    scratch: PathBuf,
+    size: u64,
+    /// The delivery prefix and the message's header, for its summary.
+    header: Vec<u8>,
+}
 
 /// Process-wide, so two stores in one process never pick the same name.
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -164,20 +181,26 @@ impl MailStore {
     }
 
     /// [`MailStore::deliver`] for several messages (user, sender, message;
-    /// `Delivered-To` is the user): every file is written and fsynced, then
-    /// each Maildir's `new/` is fsynced once for all of its messages. One
-    /// result per item, in order; a message counts as delivered only once
-    /// its directory fsync succeeded.
+    /// `Delivered-To` is the user), as one batch commit: every file is
+    /// written under its `tmp/` name, one syncfs(2) makes them all durable,
+    /// then each is linked into `new/` and each Maildir's `new/` is fsynced
+    /// once for all of its messages. A name in `new/` still never points at
+    /// octets that are not on disk; the batch pays two journal commits
+    /// instead of one fsync per file. One result per item, in order; a
+    /// message counts as delivered only once its directory fsync succeeded.
     pub fn deliver_many<M: AsRef<[u8]>>(
         &self,
         items: &[(Address, String, M)],
     ) -> Vec<Result<Delivered, MaildirError>> {
-        let mut written: Vec<Result<Delivered, MaildirError>> = items
+        // Opened before the first write, so that the sync sees every
+        // writeback of this batch that failed.
+        let mut fs: Option<(FileSystem, PathBuf)> = None;
+        let mut staged: Vec<Result<Staged, MaildirError>> = items
             .iter()
             .map(|(user, sender, message)| {
                 // One message that trips a bug fails alone, not its batch.
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    self.write_unsynced(user, sender, user, message.as_ref())
+                    self.stage(&mut fs, user, sender, user, message.as_ref())
                 }))
                 .unwrap_or_else(|_| {
                     Err(MaildirError::Io {
@@ -186,6 +209,23 @@ impl MailStore {
                     })
                 })
             })
+            .collect();
+        if let Some((fs, root)) = &fs
+            && let Err(e) = sync_filesystem(fs)
+        {
+            for result in staged.iter_mut() {
+                if let Ok(staged) = result {
+                    let _ = std::fs::remove_file(&staged.scratch);
+                    *result = Err(MaildirError::Io {
+                        path: root.clone(),
+                        source: std::io::Error::new(e.kind(), e.to_string()),
+                    });
+                }
+            }
+        }
+        let mut written: Vec<Result<Delivered, MaildirError>> = staged
+            .into_iter()
+            .map(|staged| staged.and_then(|staged| self.publish(staged)))
             .collect();
         let mut dirs: Vec<PathBuf> = Vec::new();
         for delivered in written.iter().flatten() {
@@ -214,6 +254,11 @@ impl MailStore {
         written
     }
 
+    /// The `Return-Path` and `Delivered-To` lines put before a message.
+    fn delivery_prefix(sender: &str, rcpt: &Address) -> String {
+        format!("Return-Path: <{sender}>\r\nDelivered-To: {rcpt}\r\n")
+    }
+
     /// Writes the file of [`MailStore::deliver`] into `new/`, complete and
     /// fsynced, but leaves the fsync of `new/` itself to the caller.
     fn write_unsynced(
@@ -224,7 +269,7 @@ impl MailStore {
         message: &[u8],
     ) -> Result<Delivered, MaildirError> {
         let maildir = self.ensure_maildir(user)?;
-        let prefix = format!("Return-Path: <{sender}>\r\nDelivered-To: {rcpt}\r\n");
+        let prefix = Self::delivery_prefix(sender, rcpt);
         let size = (prefix.len() + message.len()) as u64;
         let write = |file: &mut std::fs::File| {
             file.write_all(prefix.as_bytes())?;
@@ -249,6 +294,24 @@ impl MailStore {
         })
     }
 
+    /// A fresh unique name for a file of `size` octets, and its time.
+    fn unique_name(&self, size: u64) -> (String, std::time::Duration) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let counter = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let id = format!(
+            "{}.M{}P{}Q{}.{},S={}",
+            now.as_secs(),
+            now.subsec_micros(),
+            std::process::id(),
+            counter,
+            self.host,
+            size
+        );
+        (id, now)
+    }
+
     /// Writes a new file into `new/` under a fresh unique name: complete
     /// and fsynced before the name exists ([`correo_runtime::durable`]: an
     /// anonymous file linked into `new/`, or `tmp/` then link, as Maildir
@@ -260,19 +323,7 @@ impl MailStore {
         mut write: impl FnMut(&mut std::fs::File) -> std::io::Result<()>,
     ) -> Result<(PathBuf, String, i64), MaildirError> {
         loop {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default();
-            let counter = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let id = format!(
-                "{}.M{}P{}Q{}.{},S={}",
-                now.as_secs(),
-                now.subsec_micros(),
-                std::process::id(),
-                counter,
-                self.host,
-                size
-            );
+            let (id, now) = self.unique_name(size);
             let new = maildir.join("new").join(&id);
             let tmp = maildir.join("tmp").join(&id);
             match correo_runtime::durable::create_new_durable(&new, &tmp, 0o600, &mut write) {
@@ -280,6 +331,80 @@ impl MailStore {
                 // A leftover from another process with a recycled pid: pick another name.
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(io_err(&new)(e)),
+            }
+        }
+    }
+
+    /// The first step of [`MailStore::deliver_many`] for one message: its
+    /// file, complete but not yet synced, under `tmp/`. Opens `fs` (the
+    /// file system to sync) before the batch's first write.
+    fn stage(
+        &self,
+        fs: &mut Option<(FileSystem, PathBuf)>,
+        user: &Address,
+        sender: &str,
+        rcpt: &Address,
+        message: &[u8],
+    ) -> Result<Staged, MaildirError> {
+        let mut maildir = self.ensure_maildir(user)?;
+        if fs.is_none() {
+            *fs = Some((
+                FileSystem::of(&self.root).map_err(io_err(&self.root))?,
+                self.root.clone(),
+            ));
+        }
+        let prefix = Self::delivery_prefix(sender, rcpt);
+        let size = (prefix.len() + message.len()) as u64;
+        let write = |file: &mut std::fs::File| {
+            file.write_all(prefix.as_bytes())?;
+            file.write_all(message)
+        };
+        let mut made_again = false;
+        let scratch = loop {
+            let (id, _) = self.unique_name(size);
+            let scratch = maildir.join("tmp").join(&id);
+            match correo_runtime::durable::stage(&scratch, 0o600, write) {
+                Ok(()) => break scratch,
+                // A leftover from another process with a recycled pid.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                // The Maildir was removed since we last saw it: make it again.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !made_again => {
+                    made_again = true;
+                    self.known.lock().remove(&maildir);
+                    maildir = self.ensure_maildir(user)?;
+                }
+                Err(e) => return Err(io_err(&scratch)(e)),
+            }
+        };
+        let mut header = prefix.into_bytes();
+        header.extend_from_slice(header_part(message));
+        Ok(Staged {
+            maildir,
+            scratch,
+            size,
+            header,
+        })
+    }
+
+    /// The last step of [`MailStore::deliver_many`] for one message: links
+    /// its synced file into `new/` under a fresh name.
+    fn publish(&self, staged: Staged) -> Result<Delivered, MaildirError> {
+        loop {
+            let (id, now) = self.unique_name(staged.size);
+            let new = staged.maildir.join("new").join(&id);
+            match correo_runtime::durable::publish(&staged.scratch, &new) {
+                Ok(()) => {
+                    let delivered_at = now.as_secs() as i64;
+                    return Ok(Delivered {
+                        summary: summarize(&staged.header, id, staged.size, delivered_at, false),
+                        path: new,
+                    });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&staged.scratch);
+                    return Err(io_err(&new)(e));
+                }
             }
         }
     }
@@ -695,6 +820,40 @@ mod tests {
         assert_eq!(store.list(&alice()).unwrap().len(), 2);
         assert_eq!(store.list(&bob).unwrap().len(), 1);
         assert!(store.deliver_many::<&[u8]>(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_batch_commit_leaves_nothing_in_tmp_and_a_bad_mailbox_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MailStore::new(dir.path(), "mda.example.test");
+        // A file where carol's domain directory should be: her Maildir
+        // cannot be made, whoever runs the test.
+        let broken = Address::parse("carol@broken.test").unwrap();
+        std::fs::create_dir_all(dir.path().join("mail")).unwrap();
+        std::fs::write(dir.path().join("mail/broken.test"), b"not a directory").unwrap();
+        let items = [
+            (alice(), String::new(), &b"Subject: 1\r\n\r\none\r\n"[..]),
+            (broken, String::new(), &b"Subject: 2\r\n\r\ntwo\r\n"[..]),
+            (alice(), String::new(), &b"Subject: 3\r\n\r\nthree\r\n"[..]),
+        ];
+        let results = store.deliver_many(&items);
+        assert!(results[0].is_ok() && results[2].is_ok());
+        assert!(matches!(results[1], Err(MaildirError::Io { .. })));
+        let maildir = store.maildir(&alice());
+        assert_eq!(std::fs::read_dir(maildir.join("tmp")).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(maildir.join("new")).unwrap().count(), 2);
+        let subjects: Vec<String> = store
+            .list(&alice())
+            .unwrap()
+            .into_iter()
+            .map(|s| s.subject)
+            .collect();
+        assert_eq!(subjects, ["1", "3"]);
+        // A Maildir removed behind the store's back is made again.
+        std::fs::remove_dir_all(&maildir).unwrap();
+        let again = store.deliver_many(&items[..1]);
+        assert!(again[0].is_ok(), "{:?}", again[0]);
+        assert_eq!(std::fs::read_dir(maildir.join("new")).unwrap().count(), 1);
     }
 
     #[test]
