@@ -94,7 +94,7 @@ impl CommandReader {
     /// the number of bytes consumed and, when a line was completed, the line
     /// without its line end or the reason it is refused.
     pub fn feed(&mut self, input: &[u8]) -> (usize, Option<Result<String, LineError>>) {
-        let (chunk, complete) = match input.iter().position(|&b| b == b'\n') {
+        let (chunk, complete) = match memchr::memchr(b'\n', input) {
             Some(pos) => (&input[..=pos], true),
             None => (input, false),
         };
@@ -245,10 +245,7 @@ impl DataReader {
             if self.state == DataState::InLine {
                 // Fast path: copy plain text up to the next CR or LF.
                 let rest = &input[i..];
-                let n = rest
-                    .iter()
-                    .position(|&b| b == b'\r' || b == b'\n')
-                    .unwrap_or(rest.len());
+                let n = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
                 if n > 0 {
                     self.content(&rest[..n]);
                     i += n;
