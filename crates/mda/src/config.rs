@@ -27,6 +27,8 @@ pub struct Config {
     pub grpc: Grpc,
     #[serde(default)]
     pub mailbox: Mailbox,
+    #[serde(default)]
+    pub store: Store,
     #[serde(default = "default_tls")]
     pub tls: TlsFiles,
     /// `[metrics] listen`: the Prometheus `/metrics` endpoint; none when absent.
@@ -48,6 +50,28 @@ pub struct Grpc {
 pub struct Mailbox {
     #[serde(default = "default_mailbox_listen")]
     pub listen: SocketAddr,
+}
+
+/// How the Maildir store makes files durable.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Store {
+    #[serde(default)]
+    pub batch_sync: BatchSync,
+}
+
+/// How a batch of deliveries (`DeliverBatch`) reaches the disk.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchSync {
+    /// One syncfs(2) of the file system for the whole batch (the
+    /// default, and the cheapest), which also waits for every other
+    /// writer of that file system.
+    #[default]
+    Filesystem,
+    /// One fsync per file, one after the other: for a mail store that
+    /// shares its file system with heavy writers.
+    Files,
 }
 
 impl Default for Grpc {
@@ -153,6 +177,8 @@ log_format = "json"
 listen = "127.0.0.1:7101"
 [mailbox]
 listen = "127.0.0.1:7143"
+[store]
+batch_sync = "files"
 [tls]
 ca = "var/certs/ca.pem"
 cert = "var/certs/mda.pem"
@@ -170,6 +196,7 @@ key = "var/certs/mda.key"
         assert_eq!(c.grpc.listen, "127.0.0.1:7101".parse().unwrap());
         assert_eq!(c.mailbox.listen, "0.0.0.0:7143".parse().unwrap());
         assert_eq!(c.tls.key, PathBuf::from("var/certs/mda.key"));
+        assert_eq!(c.store.batch_sync, BatchSync::Files);
     }
 
     #[test]
@@ -179,6 +206,7 @@ key = "var/certs/mda.key"
         assert_eq!(c.grpc.listen.to_string(), "127.0.0.1:7101");
         assert_eq!(c.mailbox.listen.to_string(), "127.0.0.1:7143");
         assert_eq!(c.tls, TlsFiles::in_dir(Path::new("var/certs"), "mda"));
+        assert_eq!(c.store.batch_sync, BatchSync::Filesystem);
     }
 
     #[test]
@@ -194,6 +222,7 @@ key = "var/certs/mda.key"
             ("CORREO_MDA__DATA_DIR", "\"\"", "data_dir"),
             ("CORREO_MDA__GRPC__BOGUS", "1", "bogus"),
             ("CORREO_MDA__LOG_FORMAT", "xml", "log_format"),
+            ("CORREO_MDA__STORE__BATCH_SYNC", "never", "store.batch_sync"),
         ] {
             let mut e = env(&[(var, value)]);
             e.push(("CORREO_MDA__HOSTNAME".into(), "h.test".into()));

@@ -18,7 +18,8 @@
 //!   `new/` and `new/` fsynced before DELIVERED is returned; unknown users
 //!   are PERMANENT 550 5.1.1, I/O failures TEMPORARY 451 4.3.0. The syncfs
 //!   waits for every writer of the file system that holds `data_dir`, so
-//!   the mail store is best on a file system of its own;
+//!   the mail store is best on a file system of its own (or
+//!   `store.batch_sync = "files"`: an fsync per file);
 //! - `Mailbox` (List, Fetch, Delete, Watch) for the MUA.
 //!
 //! At start-up, files older than 36 hours are swept from every `tmp/`

@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::config::BatchSync;
 use correo_runtime::durable::{FileSystem, sync_filesystem};
 
 /// A message of a batch written under its `tmp/` name, not yet synced.
@@ -113,6 +114,7 @@ pub struct MailStore {
     /// Maildirs known to exist, so a delivery does not stat three
     /// directories first (forgotten if a delivery finds one gone).
     known: std::sync::Arc<parking_lot::Mutex<std::collections::HashSet<PathBuf>>>,
+    batch_sync: BatchSync,
 }
 
 impl MailStore {
@@ -122,7 +124,15 @@ impl MailStore {
             root: data_dir.join("mail"),
             host: maildir_host(hostname),
             known: Default::default(),
+            batch_sync: BatchSync::default(),
         }
+    }
+
+    /// The same store, making batches durable the way `batch_sync` says
+    /// (`store.batch_sync` in the configuration).
+    pub fn with_batch_sync(mut self, batch_sync: BatchSync) -> Self {
+        self.batch_sync = batch_sync;
+        self
     }
 
     /// `<root>/<domain>/<local>/Maildir`.
@@ -188,7 +198,29 @@ impl MailStore {
     /// octets that are not on disk; the batch pays two journal commits
     /// instead of one fsync per file. One result per item, in order; a
     /// message counts as delivered only once its directory fsync succeeded.
+    /// With `store.batch_sync = "files"` each file is fsynced instead,
+    /// one after the other.
     pub fn deliver_many<M: AsRef<[u8]>>(
+        &self,
+        items: &[(Address, String, M)],
+    ) -> Vec<Result<Delivered, MaildirError>> {
+        let written = match self.batch_sync {
+            BatchSync::Filesystem => self.write_batch(items),
+            BatchSync::Files => items
+                .iter()
+                .map(|(user, sender, message)| {
+                    guard_panic(self.maildir(user), || {
+                        self.write_unsynced(user, sender, user, message.as_ref())
+                    })
+                })
+                .collect(),
+        };
+        sync_new_dirs(written)
+    }
+
+    /// The files of [`MailStore::deliver_many`], durable and in `new/`
+    /// (staged, one syncfs, linked), before the fsync of `new/`.
+    fn write_batch<M: AsRef<[u8]>>(
         &self,
         items: &[(Address, String, M)],
     ) -> Vec<Result<Delivered, MaildirError>> {
@@ -198,15 +230,8 @@ impl MailStore {
         let mut staged: Vec<Result<Staged, MaildirError>> = items
             .iter()
             .map(|(user, sender, message)| {
-                // One message that trips a bug fails alone, not its batch.
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                guard_panic(self.maildir(user), || {
                     self.stage(&mut fs, user, sender, user, message.as_ref())
-                }))
-                .unwrap_or_else(|_| {
-                    Err(MaildirError::Io {
-                        path: self.maildir(user),
-                        source: std::io::Error::other("delivery panicked"),
-                    })
                 })
             })
             .collect();
@@ -223,35 +248,10 @@ impl MailStore {
                 }
             }
         }
-        let mut written: Vec<Result<Delivered, MaildirError>> = staged
+        staged
             .into_iter()
             .map(|staged| staged.and_then(|staged| self.publish(staged)))
-            .collect();
-        let mut dirs: Vec<PathBuf> = Vec::new();
-        for delivered in written.iter().flatten() {
-            let dir = new_dir_of(&delivered.path);
-            if !dirs.iter().any(|d| d == dir) {
-                dirs.push(dir.to_path_buf());
-            }
-        }
-        for dir in dirs {
-            if let Err(e) = sync_new_dir(&dir) {
-                // The kind is kept: a full disk must stay a full disk.
-                let kind = match &e {
-                    MaildirError::Io { source, .. } => source.kind(),
-                    _ => std::io::ErrorKind::Other,
-                };
-                for result in written.iter_mut() {
-                    if matches!(result, Ok(d) if new_dir_of(&d.path) == dir) {
-                        *result = Err(MaildirError::Io {
-                            path: dir.clone(),
-                            source: std::io::Error::new(kind, e.to_string()),
-                        });
-                    }
-                }
-            }
-        }
-        written
+            .collect()
     }
 
     /// The `Return-Path` and `Delivered-To` lines put before a message.
@@ -580,6 +580,52 @@ fn mtime_secs(meta: &std::fs::Metadata) -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// Fsyncs the `new/` of every delivered file once; a file counts as
+/// delivered only once its directory fsync succeeded.
+fn sync_new_dirs(
+    mut written: Vec<Result<Delivered, MaildirError>>,
+) -> Vec<Result<Delivered, MaildirError>> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for delivered in written.iter().flatten() {
+        let dir = new_dir_of(&delivered.path);
+        if !dirs.iter().any(|d| d == dir) {
+            dirs.push(dir.to_path_buf());
+        }
+    }
+    for dir in dirs {
+        if let Err(e) = sync_new_dir(&dir) {
+            // The kind is kept: a full disk must stay a full disk.
+            let kind = match &e {
+                MaildirError::Io { source, .. } => source.kind(),
+                _ => std::io::ErrorKind::Other,
+            };
+            for result in written.iter_mut() {
+                if matches!(result, Ok(d) if new_dir_of(&d.path) == dir) {
+                    *result = Err(MaildirError::Io {
+                        path: dir.clone(),
+                        source: std::io::Error::new(kind, e.to_string()),
+                    });
+                }
+            }
+        }
+    }
+    written
+}
+
+/// Runs one message's write so that a bug it trips fails it alone, not
+/// its batch.
+fn guard_panic<T>(
+    maildir: PathBuf,
+    write: impl FnOnce() -> Result<T, MaildirError>,
+) -> Result<T, MaildirError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(write)).unwrap_or_else(|_| {
+        Err(MaildirError::Io {
+            path: maildir,
+            source: std::io::Error::other("delivery panicked"),
+        })
+    })
+}
+
 /// The `new/` directory a delivered file is in.
 fn new_dir_of(file: &Path) -> &Path {
     file.parent().expect("delivered files are inside new/")
@@ -785,75 +831,79 @@ mod tests {
 
     #[test]
     fn deliver_many_writes_every_message_and_keeps_their_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = MailStore::new(dir.path(), "mda.example.test");
-        let bob = Address::parse("bob@example.test").unwrap();
-        let items = [
-            (
-                alice(),
-                "x@remote.test".to_string(),
-                &b"Subject: 1\r\n\r\none\r\n"[..],
-            ),
-            (
-                bob.clone(),
-                String::new(),
-                &b"Subject: 2\r\n\r\ntwo\r\n"[..],
-            ),
-            (
-                alice(),
-                "y@remote.test".to_string(),
-                &b"Subject: 3\r\n\r\nthree\r\n"[..],
-            ),
-        ];
-        let results = store.deliver_many(&items);
-        assert_eq!(results.len(), 3);
-        for ((user, sender, message), result) in items.iter().zip(&results) {
-            let delivered = result.as_ref().unwrap();
-            assert_eq!(
-                delivered.path.parent().unwrap(),
-                store.maildir(user).join("new")
-            );
-            let body = std::fs::read(&delivered.path).unwrap();
-            let head = format!("Return-Path: <{sender}>\r\nDelivered-To: {user}\r\n");
-            assert!(body.starts_with(head.as_bytes()) && body.ends_with(message));
+        for mode in [BatchSync::Filesystem, BatchSync::Files] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = MailStore::new(dir.path(), "mda.example.test").with_batch_sync(mode);
+            let bob = Address::parse("bob@example.test").unwrap();
+            let items = [
+                (
+                    alice(),
+                    "x@remote.test".to_string(),
+                    &b"Subject: 1\r\n\r\none\r\n"[..],
+                ),
+                (
+                    bob.clone(),
+                    String::new(),
+                    &b"Subject: 2\r\n\r\ntwo\r\n"[..],
+                ),
+                (
+                    alice(),
+                    "y@remote.test".to_string(),
+                    &b"Subject: 3\r\n\r\nthree\r\n"[..],
+                ),
+            ];
+            let results = store.deliver_many(&items);
+            assert_eq!(results.len(), 3);
+            for ((user, sender, message), result) in items.iter().zip(&results) {
+                let delivered = result.as_ref().unwrap();
+                assert_eq!(
+                    delivered.path.parent().unwrap(),
+                    store.maildir(user).join("new")
+                );
+                let body = std::fs::read(&delivered.path).unwrap();
+                let head = format!("Return-Path: <{sender}>\r\nDelivered-To: {user}\r\n");
+                assert!(body.starts_with(head.as_bytes()) && body.ends_with(message));
+            }
+            assert_eq!(store.list(&alice()).unwrap().len(), 2);
+            assert_eq!(store.list(&bob).unwrap().len(), 1);
+            assert!(store.deliver_many::<&[u8]>(&[]).is_empty());
         }
-        assert_eq!(store.list(&alice()).unwrap().len(), 2);
-        assert_eq!(store.list(&bob).unwrap().len(), 1);
-        assert!(store.deliver_many::<&[u8]>(&[]).is_empty());
     }
 
     #[test]
     fn a_batch_commit_leaves_nothing_in_tmp_and_a_bad_mailbox_fails_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = MailStore::new(dir.path(), "mda.example.test");
-        // A file where carol's domain directory should be: her Maildir
-        // cannot be made, whoever runs the test.
-        let broken = Address::parse("carol@broken.test").unwrap();
-        std::fs::create_dir_all(dir.path().join("mail")).unwrap();
-        std::fs::write(dir.path().join("mail/broken.test"), b"not a directory").unwrap();
-        let items = [
-            (alice(), String::new(), &b"Subject: 1\r\n\r\none\r\n"[..]),
-            (broken, String::new(), &b"Subject: 2\r\n\r\ntwo\r\n"[..]),
-            (alice(), String::new(), &b"Subject: 3\r\n\r\nthree\r\n"[..]),
-        ];
-        let results = store.deliver_many(&items);
-        assert!(results[0].is_ok() && results[2].is_ok());
-        assert!(matches!(results[1], Err(MaildirError::Io { .. })));
-        let maildir = store.maildir(&alice());
-        assert_eq!(std::fs::read_dir(maildir.join("tmp")).unwrap().count(), 0);
-        assert_eq!(std::fs::read_dir(maildir.join("new")).unwrap().count(), 2);
-        let subjects: Vec<String> = store
-            .list(&alice())
-            .unwrap()
-            .into_iter()
-            .map(|s| s.subject)
-            .collect();
-        assert_eq!(subjects, ["1", "3"]);
-        // A Maildir removed behind the store's back is made again.
-        std::fs::remove_dir_all(&maildir).unwrap();
-        let again = store.deliver_many(&items[..1]);
-        assert!(again[0].is_ok(), "{:?}", again[0]);
-        assert_eq!(std::fs::read_dir(maildir.join("new")).unwrap().count(), 1);
+        for mode in [BatchSync::Filesystem, BatchSync::Files] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = MailStore::new(dir.path(), "mda.example.test").with_batch_sync(mode);
+            // A file where carol's domain directory should be: her Maildir
+            // cannot be made, whoever runs the test.
+            let broken = Address::parse("carol@broken.test").unwrap();
+            std::fs::create_dir_all(dir.path().join("mail")).unwrap();
+            std::fs::write(dir.path().join("mail/broken.test"), b"not a directory").unwrap();
+            let items = [
+                (alice(), String::new(), &b"Subject: 1\r\n\r\none\r\n"[..]),
+                (broken, String::new(), &b"Subject: 2\r\n\r\ntwo\r\n"[..]),
+                (alice(), String::new(), &b"Subject: 3\r\n\r\nthree\r\n"[..]),
+            ];
+            let results = store.deliver_many(&items);
+            assert!(results[0].is_ok() && results[2].is_ok());
+            assert!(matches!(results[1], Err(MaildirError::Io { .. })));
+            let maildir = store.maildir(&alice());
+            assert_eq!(std::fs::read_dir(maildir.join("tmp")).unwrap().count(), 0);
+            assert_eq!(std::fs::read_dir(maildir.join("new")).unwrap().count(), 2);
+            let subjects: Vec<String> = store
+                .list(&alice())
+                .unwrap()
+                .into_iter()
+                .map(|s| s.subject)
+                .collect();
+            assert_eq!(subjects, ["1", "3"]);
+            // A Maildir removed behind the store's back is made again.
+            std::fs::remove_dir_all(&maildir).unwrap();
+            let again = store.deliver_many(&items[..1]);
+            assert!(again[0].is_ok(), "{:?}", again[0]);
+            assert_eq!(std::fs::read_dir(maildir.join("new")).unwrap().count(), 1);
+        }
     }
 
     #[test]

@@ -119,7 +119,8 @@ impl Mda {
         let auth = tokio::task::spawn_blocking(move || Authenticator::new(auth_dir))
             .await
             .expect("authenticator set-up does not panic")?;
-        let store = MailStore::new(&config.data_dir, &config.hostname);
+        let store = MailStore::new(&config.data_dir, &config.hostname)
+            .with_batch_sync(config.store.batch_sync);
         let sweeper = store.clone();
         tokio::task::spawn_blocking(move || {
             let removed = sweeper.sweep_tmp(STALE_TMP_AGE);
