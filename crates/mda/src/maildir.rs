@@ -271,10 +271,7 @@ impl MailStore {
         let maildir = self.ensure_maildir(user)?;
         let prefix = Self::delivery_prefix(sender, rcpt);
         let size = (prefix.len() + message.len()) as u64;
-        let write = |file: &mut std::fs::File| {
-            file.write_all(prefix.as_bytes())?;
-            file.write_all(message)
-        };
+        let write = |file: &mut std::fs::File| write_prefixed(file, prefix.as_bytes(), message);
         let (new, id, delivered_at) = match self.write_new(&maildir, size, write) {
             // The Maildir was removed since we last saw it: make it again.
             Err(MaildirError::Io { source, .. })
@@ -304,7 +301,7 @@ impl MailStore {
             "{}.M{}P{}Q{}.{},S={}",
             now.as_secs(),
             now.subsec_micros(),
-            std::process::id(),
+            process_id(),
             counter,
             self.host,
             size
@@ -355,10 +352,7 @@ impl MailStore {
         }
         let prefix = Self::delivery_prefix(sender, rcpt);
         let size = (prefix.len() + message.len()) as u64;
-        let write = |file: &mut std::fs::File| {
-            file.write_all(prefix.as_bytes())?;
-            file.write_all(message)
-        };
+        let write = |file: &mut std::fs::File| write_prefixed(file, prefix.as_bytes(), message);
         let mut made_again = false;
         let scratch = loop {
             let (id, _) = self.unique_name(size);
@@ -626,6 +620,28 @@ fn guard_panic<T>(
     })
 }
 
+/// Writes `prefix` then `message` into `file`: in one write(2) for a
+/// message up to 64 KiB (copying it is cheaper than a second system call),
+/// in two for a larger one.
+fn write_prefixed(file: &mut std::fs::File, prefix: &[u8], message: &[u8]) -> std::io::Result<()> {
+    const JOIN_MAX: usize = 64 * 1024;
+    if message.len() <= JOIN_MAX {
+        let mut joined = Vec::with_capacity(prefix.len() + message.len());
+        joined.extend_from_slice(prefix);
+        joined.extend_from_slice(message);
+        file.write_all(&joined)
+    } else {
+        file.write_all(prefix)?;
+        file.write_all(message)
+    }
+}
+
+/// This process's id, asked of the kernel once (it goes into every name).
+fn process_id() -> u32 {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PID.get_or_init(std::process::id)
+}
+
 /// The `new/` directory a delivered file is in.
 fn new_dir_of(file: &Path) -> &Path {
     file.parent().expect("delivered files are inside new/")
@@ -672,16 +688,17 @@ fn read_header(path: &Path) -> std::io::Result<Vec<u8>> {
 fn header_part(message: &[u8]) -> &[u8] {
     let limit = message.len().min(HEADER_READ_LIMIT as usize);
     let head = &message[..limit];
-    let crlf = head
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|p| p + 4);
-    let lf = head.windows(2).position(|w| w == b"\n\n").map(|p| p + 2);
-    let end = match (crlf, lf) {
-        (Some(a), Some(b)) => a.min(b),
-        (a, b) => a.or(b).unwrap_or(limit),
-    };
-    &head[..end]
+    // The header ends with the first empty line (CRLF, or a bare LF). Line
+    // by line, so a header is found without reading the body after it.
+    let mut start = 0;
+    while let Some(lf) = memchr::memchr(b'\n', &head[start..]) {
+        let end = start + lf + 1;
+        if matches!(&head[start..end], b"\n" | b"\r\n") {
+            return &head[..end];
+        }
+        start = end;
+    }
+    head
 }
 
 /// The fields a [`Summary`] shows (From, Subject, Date), each with its
@@ -805,6 +822,22 @@ mod tests {
             &std::fs::metadata(&d.path).unwrap().permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn the_header_ends_at_the_first_empty_line() {
+        assert_eq!(
+            header_part(b"A: 1\r\nB: 2\r\n\r\nbody\n\nmore"),
+            b"A: 1\r\nB: 2\r\n\r\n"
+        );
+        assert_eq!(
+            header_part(b"A: 1\nB: 2\n\nbody\r\n\r\n"),
+            b"A: 1\nB: 2\n\n"
+        );
+        assert_eq!(header_part(b"\r\nbody"), b"\r\n");
+        assert_eq!(header_part(b"A: 1\r\nno end"), b"A: 1\r\nno end");
+        let long = [b"X: y\r\n".repeat(20_000), b"\r\nbody".to_vec()].concat();
+        assert_eq!(header_part(&long).len(), HEADER_READ_LIMIT as usize);
     }
 
     #[test]
