@@ -160,25 +160,63 @@ pub fn publish(scratch: &Path, dest: &Path) -> io::Result<()> {
 
 /// A handle on one file system for [`sync_filesystem`], opened before the
 /// writes it must cover: syncfs(2) reports the writeback errors that
-/// happened since its descriptor was opened (Linux 5.8 and later), so one
-/// opened after a failed writeback would not see the failure.
+/// happened since its descriptor was opened, so one opened after a failed
+/// writeback would not see the failure.
 #[derive(Debug)]
-pub struct FileSystem(File);
+pub struct FileSystem {
+    dir: File,
+    dev: u64,
+}
 
 impl FileSystem {
     /// The file system that holds `dir`.
     pub fn of(dir: &Path) -> io::Result<FileSystem> {
-        File::open(dir).map(FileSystem)
+        use std::os::unix::fs::MetadataExt;
+        let dir = File::open(dir)?;
+        let dev = dir.metadata()?.dev();
+        Ok(FileSystem { dir, dev })
+    }
+
+    /// Whether `path` is on this file system. A mount point or a symbolic
+    /// link below the handle's directory can lead to another one, which
+    /// a sync of this one does not cover.
+    pub fn holds(&self, path: &Path) -> io::Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(std::fs::metadata(path)?.dev() == self.dev)
     }
 }
 
-/// syncfs(2): when it returns `Ok`, everything written on the file system
-/// so far, octets and metadata of every file, is on stable storage. One
-/// call stands for the fsync of each file of a batch (they all share one
-/// journal commit instead of waiting for one each).
+/// syncfs(2), then an fsync of the handle's directory: when it returns
+/// `Ok`, everything written on the file system so far, octets and
+/// metadata of every file, is on stable storage. One call stands for the
+/// fsync of each file of a batch. The fsync is there because syncfs sends
+/// the drive its cache flush before its last metadata writes (fs/sync.c:
+/// `sync_fs`, then `sync_blockdev`); an fsync ends with one more flush
+/// (ext4 without a journal, among others), so no name given afterwards
+/// can point at an inode still in the drive's cache.
 pub fn sync_filesystem(fs: &FileSystem) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    nix::unistd::syncfs(fs.0.as_raw_fd()).map_err(io::Error::from)
+    nix::unistd::syncfs(fs.dir.as_raw_fd()).map_err(io::Error::from)?;
+    fs.dir.sync_all()
+}
+
+/// Whether syncfs(2) on the running kernel reports every failure: the
+/// writeback errors of the file system (Linux 5.8) and those of its own
+/// commit and flush (Linux 5.17). Before that it can return success after
+/// a failed write, so [`sync_filesystem`] must not be relied on.
+pub fn syncfs_reports_errors() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .ok()
+        .and_then(|release| kernel_at_least(&release, (5, 17)))
+        .unwrap_or(false)
+}
+
+/// Whether a kernel release string (`6.18.44-fc`) is at least `min`.
+fn kernel_at_least(release: &str, min: (u32, u32)) -> Option<bool> {
+    let mut parts = release.trim().split(['.', '-']);
+    let major: u32 = parts.next()?.parse().ok()?;
+    let minor: u32 = parts.next()?.parse().ok()?;
+    Some((major, minor) >= min)
 }
 
 #[cfg(test)]
@@ -251,6 +289,20 @@ mod tests {
         let failed = stage(&scratch, 0o600, |_| Err(io::Error::other("no"))).unwrap_err();
         assert_eq!(failed.to_string(), "no");
         assert!(!scratch.exists());
+    }
+
+    #[test]
+    fn kernel_releases_compare_by_major_and_minor() {
+        assert_eq!(kernel_at_least("6.18.44-fc-v857\n", (5, 17)), Some(true));
+        assert_eq!(kernel_at_least("5.17.0", (5, 17)), Some(true));
+        assert_eq!(kernel_at_least("5.15.0-91-generic", (5, 17)), Some(false));
+        assert_eq!(kernel_at_least("4.19.0", (5, 17)), Some(false));
+        assert_eq!(kernel_at_least("garbage", (5, 17)), None);
+        // A handle holds its own directory; a missing path is an error.
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FileSystem::of(dir.path()).unwrap();
+        assert!(fs.holds(dir.path()).unwrap());
+        assert!(fs.holds(&dir.path().join("missing")).is_err());
     }
 
     #[test]

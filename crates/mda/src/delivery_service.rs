@@ -4,9 +4,10 @@
 //! The whole message is received before anything is written, so a stream
 //! that breaks off delivers nothing; then each recipient is resolved through
 //! the aliases and written to its Maildir, and gets its own result.
-//! `DeliverBatch` does the same for several messages in one call: their
-//! files are written by a few blocking tasks at once, and each task fsyncs
-//! each `new/` once for all of its files. A burst of local mail then costs
+//! `DeliverBatch` does the same for several messages in one call. Either
+//! way the files of a call are one commit on the blocking pool
+//! ([`crate::maildir::MailStore::deliver_many`]: one syncfs for all of
+//! them, then one fsync of each `new/`). A burst of local mail then costs
 //! one call, not one per message.
 
 use crate::address::Address;

@@ -13,13 +13,13 @@
 //!   ListDomains) for the MSA and MTA;
 //! - `Delivery.Deliver` and `Delivery.DeliverBatch` for the MTA: the
 //!   envelope, then the message; for each recipient, aliases are resolved
-//!   and the message is written to `tmp/`, made durable (an fsync of the
-//!   file for one message, one syncfs(2) for a whole batch), linked into
-//!   `new/` and `new/` fsynced before DELIVERED is returned; unknown users
-//!   are PERMANENT 550 5.1.1, I/O failures TEMPORARY 451 4.3.0. The syncfs
-//!   waits for every writer of the file system that holds `data_dir`, so
-//!   the mail store is best on a file system of its own (or
-//!   `store.batch_sync = "files"`: an fsync per file);
+//!   and the message is written to `tmp/`, made durable (one syncfs(2) for
+//!   all the files of a call), linked into `new/` and `new/` fsynced before
+//!   DELIVERED is returned; unknown users are PERMANENT 550 5.1.1, I/O
+//!   failures TEMPORARY 451 4.3.0. The syncfs waits for every writer of the
+//!   file system that holds `data_dir`, so the mail store is best on a file
+//!   system of its own (or `store.batch_sync = "files"`: an fsync per file,
+//!   which the MDA also falls back to before Linux 5.17);
 //! - `Mailbox` (List, Fetch, Delete, Watch) for the MUA.
 //!
 //! At start-up, files older than 36 hours are swept from every `tmp/`

@@ -2,19 +2,27 @@
 //!
 //! Delivery follows the Maildir protocol (D. J. Bernstein, "Using maildir
 //! format"): the message is written under `tmp/`, is complete and on disk
-//! before it has a name in `new/`, then `new/` is fsynced. A single
-//! delivery fsyncs its own file ([`correo_runtime::durable::create_new_durable`]);
-//! a batch ([`MailStore::deliver_many`]) writes all of its files, makes
-//! them durable with one syncfs(2) of the file system, and only then links
-//! each into `new/`. Concurrent deliveries share one fsync of `new/`
-//! (group commit). A reader therefore never sees a partial message, and
-//! once a delivery returns the message survives a crash. A crash between
-//! the steps leaves at most a file in `tmp/`, which the periodic sweep
-//! removes; the MTA, never told of the delivery, delivers it again.
+//! before it has a name in `new/`, then `new/` is fsynced. The MDA's
+//! deliveries ([`MailStore::deliver_many`], for `Deliver` and
+//! `DeliverBatch` alike) write all the files of a call, make them durable
+//! with one syncfs(2) of the file system, and only then link each into
+//! `new/`; a Maildir on another file system (a mount point, a symbolic
+//! link) has its file fsynced on its own. [`MailStore::deliver`] fsyncs
+//! its one file ([`correo_runtime::durable::create_new_durable`]).
+//! Concurrent deliveries share one fsync of `new/` (group commit). A
+//! reader therefore never sees a partial message, and once a delivery
+//! returns the message survives a crash. A crash before the answer leaves
+//! files in `tmp/` (removed by the sweep at start-up once they are 36
+//! hours old) or already in `new/`; either way the MTA was never told, and
+//! delivers the message again, so a crash can duplicate a message but
+//! never lose or truncate one.
 //!
 //! The syncfs covers the whole file system that holds `<data_dir>`: on one
-//! shared with heavy writers, a batch also waits for their writeback, so
-//! the mail store is best on a file system of its own.
+//! shared with heavy writers, a delivery also waits for their writeback,
+//! so the mail store is best on a file system of its own (or
+//! `store.batch_sync = "files"`: one fsync per file, one after the other).
+//! Before Linux 5.17 syncfs can miss a failure, and the MDA falls back to
+//! `"files"` by itself.
 //!
 //! Unique names are `<secs>.M<micros>P<pid>Q<counter>.<host>,S=<size>`; they
 //! double as the message ids of the mailbox API. Every path here is built
@@ -32,6 +40,41 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::BatchSync;
 use correo_runtime::durable::{FileSystem, sync_filesystem};
+
+/// The file system a batch syncs, opened before the batch's first write
+/// (so that the sync sees every writeback of the batch that failed), and
+/// which Maildirs are on it.
+#[derive(Default)]
+struct Commit {
+    fs: Option<FileSystem>,
+    covered: std::collections::HashMap<PathBuf, bool>,
+}
+
+impl Commit {
+    /// Opens the handle on the mail root's file system, before the
+    /// batch's first write.
+    fn begin(&mut self, root: &Path) -> Result<(), MaildirError> {
+        if self.fs.is_none() {
+            self.fs = Some(FileSystem::of(root).map_err(io_err(root))?);
+        }
+        Ok(())
+    }
+
+    /// Whether the sync of the mail root covers `maildir` (a mount point
+    /// or a symbolic link can put it on another file system).
+    fn covers(&mut self, maildir: &Path) -> Result<bool, MaildirError> {
+        if let Some(&covered) = self.covered.get(maildir) {
+            return Ok(covered);
+        }
+        let tmp = maildir.join("tmp");
+        let covered = match &self.fs {
+            Some(fs) => fs.holds(&tmp).map_err(io_err(&tmp))?,
+            None => false,
+        };
+        self.covered.insert(maildir.to_path_buf(), covered);
+        Ok(covered)
+    }
+}
 
 /// A message of a batch written under its `tmp/` name, not yet synced.
 struct Staged {
@@ -224,25 +267,23 @@ impl MailStore {
         &self,
         items: &[(Address, String, M)],
     ) -> Vec<Result<Delivered, MaildirError>> {
-        // Opened before the first write, so that the sync sees every
-        // writeback of this batch that failed.
-        let mut fs: Option<(FileSystem, PathBuf)> = None;
+        let mut commit = Commit::default();
         let mut staged: Vec<Result<Staged, MaildirError>> = items
             .iter()
             .map(|(user, sender, message)| {
                 guard_panic(self.maildir(user), || {
-                    self.stage(&mut fs, user, sender, user, message.as_ref())
+                    self.stage(&mut commit, user, sender, user, message.as_ref())
                 })
             })
             .collect();
-        if let Some((fs, root)) = &fs
+        if let Some(fs) = &commit.fs
             && let Err(e) = sync_filesystem(fs)
         {
             for result in staged.iter_mut() {
                 if let Ok(staged) = result {
                     let _ = std::fs::remove_file(&staged.scratch);
                     *result = Err(MaildirError::Io {
-                        path: root.clone(),
+                        path: self.root.clone(),
                         source: std::io::Error::new(e.kind(), e.to_string()),
                     });
                 }
@@ -250,7 +291,15 @@ impl MailStore {
         }
         staged
             .into_iter()
-            .map(|staged| staged.and_then(|staged| self.publish(staged)))
+            .map(|staged| {
+                staged.and_then(|staged| {
+                    let (maildir, scratch) = (staged.maildir.clone(), staged.scratch.clone());
+                    guard_panic(maildir, || self.publish(staged)).inspect_err(|_| {
+                        // Published or not, a failed message leaves no scratch file.
+                        let _ = std::fs::remove_file(&scratch);
+                    })
+                })
+            })
             .collect()
     }
 
@@ -310,9 +359,9 @@ impl MailStore {
     }
 
     /// Writes a new file into `new/` under a fresh unique name: complete
-    /// and fsynced before the name exists ([`correo_runtime::durable`]: an
-    /// anonymous file linked into `new/`, or `tmp/` then link, as Maildir
-    /// prescribes). Returns its path, id and delivery time.
+    /// and fsynced before the name exists ([`correo_runtime::durable`]:
+    /// `tmp/`, fsync, then link, as Maildir prescribes). Returns its path,
+    /// id and delivery time.
     fn write_new(
         &self,
         maildir: &Path,
@@ -337,19 +386,14 @@ impl MailStore {
     /// file system to sync) before the batch's first write.
     fn stage(
         &self,
-        fs: &mut Option<(FileSystem, PathBuf)>,
+        commit: &mut Commit,
         user: &Address,
         sender: &str,
         rcpt: &Address,
         message: &[u8],
     ) -> Result<Staged, MaildirError> {
         let mut maildir = self.ensure_maildir(user)?;
-        if fs.is_none() {
-            *fs = Some((
-                FileSystem::of(&self.root).map_err(io_err(&self.root))?,
-                self.root.clone(),
-            ));
-        }
+        commit.begin(&self.root)?;
         let prefix = Self::delivery_prefix(sender, rcpt);
         let size = (prefix.len() + message.len()) as u64;
         let write = |file: &mut std::fs::File| write_prefixed(file, prefix.as_bytes(), message);
@@ -370,6 +414,15 @@ impl MailStore {
                 Err(e) => return Err(io_err(&scratch)(e)),
             }
         };
+        // On another file system than the one the batch syncs, the file
+        // gets its own fsync, as in `deliver`.
+        let covered = commit.covers(&maildir).inspect_err(|_| {
+            let _ = std::fs::remove_file(&scratch);
+        })?;
+        if !covered && let Err(e) = std::fs::File::open(&scratch).and_then(|f| f.sync_all()) {
+            let _ = std::fs::remove_file(&scratch);
+            return Err(io_err(&scratch)(e));
+        }
         let mut header = prefix.into_bytes();
         header.extend_from_slice(header_part(message));
         Ok(Staged {
@@ -822,6 +875,47 @@ mod tests {
             &std::fs::metadata(&d.path).unwrap().permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_maildir_on_another_file_system_gets_its_own_fsync() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        // /dev/shm is a tmpfs on Linux: another device than the temp dir.
+        let Ok(elsewhere) = tempfile::tempdir_in("/dev/shm") else {
+            eprintln!("no /dev/shm: nothing to test here");
+            return;
+        };
+        let dev = |p: &Path| std::fs::metadata(p).unwrap().dev();
+        if dev(dir.path()) == dev(elsewhere.path()) {
+            eprintln!("/dev/shm is on the same file system: nothing to test here");
+            return;
+        }
+        std::fs::create_dir_all(dir.path().join("mail")).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), dir.path().join("mail/other.test")).unwrap();
+        let bob = Address::parse("bob@other.test").unwrap();
+        let store = MailStore::new(dir.path(), "mda.example.test");
+        let mut commit = Commit::default();
+        commit.begin(&store.root).unwrap();
+        assert!(
+            commit
+                .covers(&store.ensure_maildir(&alice()).unwrap())
+                .unwrap()
+        );
+        assert!(!commit.covers(&store.ensure_maildir(&bob).unwrap()).unwrap());
+        let items = [
+            (alice(), String::new(), &b"Subject: here\r\n\r\n1\r\n"[..]),
+            (
+                bob.clone(),
+                String::new(),
+                &b"Subject: there\r\n\r\n2\r\n"[..],
+            ),
+        ];
+        let results = store.deliver_many(&items);
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert_eq!(store.list(&bob).unwrap()[0].subject, "there");
+        let bob_new = elsewhere.path().join("bob/Maildir/new");
+        assert_eq!(std::fs::read_dir(bob_new).unwrap().count(), 1);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use crate::accounts::{AccountsError, AccountsFile, Directory};
 use crate::auth::{Authenticator, HashError};
-use crate::config::Config;
+use crate::config::{BatchSync, Config};
 use crate::delivery_service::DeliveryService;
 use crate::directory_service::DirectoryService;
 use crate::mailbox_service::MailboxService;
@@ -119,8 +119,16 @@ impl Mda {
         let auth = tokio::task::spawn_blocking(move || Authenticator::new(auth_dir))
             .await
             .expect("authenticator set-up does not panic")?;
-        let store = MailStore::new(&config.data_dir, &config.hostname)
-            .with_batch_sync(config.store.batch_sync);
+        let batch_sync = match config.store.batch_sync {
+            BatchSync::Filesystem if !correo_runtime::durable::syncfs_reports_errors() => {
+                tracing::warn!(
+                    "store.batch_sync = \"filesystem\" needs Linux 5.17 or later, where syncfs reports every failure; using \"files\""
+                );
+                BatchSync::Files
+            }
+            chosen => chosen,
+        };
+        let store = MailStore::new(&config.data_dir, &config.hostname).with_batch_sync(batch_sync);
         let sweeper = store.clone();
         tokio::task::spawn_blocking(move || {
             let removed = sweeper.sweep_tmp(STALE_TMP_AGE);
