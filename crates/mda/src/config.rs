@@ -60,7 +60,8 @@ pub struct Store {
     pub batch_sync: BatchSync,
 }
 
-/// How a batch of deliveries (`DeliverBatch`) reaches the disk.
+/// How the files of one delivery call (`Deliver` or `DeliverBatch`)
+/// reach the disk.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum BatchSync {

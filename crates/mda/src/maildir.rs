@@ -238,8 +238,8 @@ impl MailStore {
     /// written under its `tmp/` name, one syncfs(2) makes them all durable,
     /// then each is linked into `new/` and each Maildir's `new/` is fsynced
     /// once for all of its messages. A name in `new/` still never points at
-    /// octets that are not on disk; the batch pays two journal commits
-    /// instead of one fsync per file. One result per item, in order; a
+    /// octets that are not on disk; the batch pays one syncfs, one fsync of
+    /// the mail root and one of each `new/`, instead of one fsync per file. One result per item, in order; a
     /// message counts as delivered only once its directory fsync succeeded.
     /// With `store.batch_sync = "files"` each file is fsynced instead,
     /// one after the other.
@@ -392,6 +392,8 @@ impl MailStore {
         rcpt: &Address,
         message: &[u8],
     ) -> Result<Staged, MaildirError> {
+        // The mail root exists only once a first Maildir was made (its
+        // directories are fsynced on their own), so the handle comes second.
         let mut maildir = self.ensure_maildir(user)?;
         commit.begin(&self.root)?;
         let prefix = Self::delivery_prefix(sender, rcpt);
@@ -436,16 +438,16 @@ impl MailStore {
     /// The last step of [`MailStore::deliver_many`] for one message: links
     /// its synced file into `new/` under a fresh name.
     fn publish(&self, staged: Staged) -> Result<Delivered, MaildirError> {
+        // Parsed before the link, so that nothing after it can fail.
+        let mut summary = summarize(&staged.header, String::new(), staged.size, 0, false);
         loop {
             let (id, now) = self.unique_name(staged.size);
             let new = staged.maildir.join("new").join(&id);
             match correo_runtime::durable::publish(&staged.scratch, &new) {
                 Ok(()) => {
-                    let delivered_at = now.as_secs() as i64;
-                    return Ok(Delivered {
-                        summary: summarize(&staged.header, id, staged.size, delivered_at, false),
-                        path: new,
-                    });
+                    summary.id = id;
+                    summary.delivered_at = now.as_secs() as i64;
+                    return Ok(Delivered { summary, path: new });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => {

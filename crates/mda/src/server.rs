@@ -122,7 +122,7 @@ impl Mda {
         let batch_sync = match config.store.batch_sync {
             BatchSync::Filesystem if !correo_runtime::durable::syncfs_reports_errors() => {
                 tracing::warn!(
-                    "store.batch_sync = \"filesystem\" needs Linux 5.17 or later, where syncfs reports every failure; using \"files\""
+                    "store.batch_sync = \"filesystem\" needs Linux 5.17 or later, where syncfs reports every failure, and this kernel is older or its release could not be read; using \"files\""
                 );
                 BatchSync::Files
             }
