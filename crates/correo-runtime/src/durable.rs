@@ -1,16 +1,19 @@
 //! Files that appear under their final name only when complete and fsynced.
 //!
-//! Both the MTA's spool and the MDA's Maildir need the same thing: write a
-//! new file, fsync it, and only then give it its visible name, refusing to
-//! replace a file that already has that name. The classic way creates a
+//! The MDA's Maildir needs this: write a new file, put it on disk, and only
+//! then give it its visible name, refusing to replace a file that already
+//! has that name. The classic way creates a
 //! scratch name in a `tmp/` directory, links (or renames) it into place
 //! and unlinks the scratch name: three directory operations, two of them
 //! on a `tmp/` directory that every concurrent writer locks in turn.
 //!
-//! [`create_new_durable`] does exactly that, in one place for both roles:
-//! scratch name in `tmp/`, write, fsync, `link(2)` into place (which, unlike
-//! `rename(2)`, refuses to replace an existing file), unlink the scratch
-//! name.
+//! The MDA's Maildir does it for a whole delivery call at once: [`stage`]
+//! writes each file under its scratch name in `tmp/`, one
+//! [`sync_filesystem`] puts them all on disk (a file outside that file
+//! system gets its own fsync), and [`publish`] gives each its name with
+//! `link(2)`, which, unlike `rename(2)`, refuses to replace an existing
+//! file, then unlinks the scratch name. (The MTA's spool is append-only
+//! segments and needs none of this.)
 //!
 //! An `O_TMPFILE` + `linkat` variant (no scratch name, one directory
 //! operation) was measured and not kept: the link count it changes is inode
@@ -93,34 +96,6 @@ fn gone() -> io::Error {
     io::Error::other("directory syncer stopped")
 }
 
-/// Creates `dest` with the bytes `write` puts into the file, fsynced before
-/// `dest` exists. Fails with `AlreadyExists` (and leaves the existing file
-/// alone) if `dest` exists. `scratch` is the scratch path (on the same file
-/// system as `dest`, and unique to this writer); `mode` is the new file's
-/// permission bits.
-pub fn create_new_durable(
-    dest: &Path,
-    scratch: &Path,
-    mode: u32,
-    mut write: impl FnMut(&mut File) -> io::Result<()>,
-) -> io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(scratch)?;
-        write(&mut file)?;
-        file.sync_all()?;
-        drop(file);
-        // link(2), unlike rename(2), refuses to replace `dest`.
-        std::fs::hard_link(scratch, dest)
-    })();
-    let _ = std::fs::remove_file(scratch);
-    result
-}
-
 /// The first half of a batch commit: creates `scratch` (which must not
 /// exist) with the bytes `write` puts into it, and does not fsync it. A
 /// batch stages every file, makes them all durable with one
@@ -149,8 +124,8 @@ pub fn stage(
 }
 
 /// The last half of a batch commit: links a staged file, made durable since
-/// by [`sync_filesystem`], at `dest` (refusing to replace a file there, as
-/// [`create_new_durable`] does) and removes the scratch name. The caller
+/// by [`sync_filesystem`], at `dest` (refusing to replace a file there, which
+/// `rename(2)` would do) and removes the scratch name. The caller
 /// still fsyncs the directory of `dest`.
 pub fn publish(scratch: &Path, dest: &Path) -> io::Result<()> {
     std::fs::hard_link(scratch, dest)?;
@@ -249,23 +224,6 @@ mod tests {
     }
 
     #[test]
-    fn creates_complete_files_and_never_replaces_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let dest = dir.path().join("a");
-        let scratch = dir.path().join("a.tmp");
-        create_new_durable(&dest, &scratch, 0o600, |f| f.write_all(b"first")).unwrap();
-        assert_eq!(std::fs::read(&dest).unwrap(), b"first");
-        let mode = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        let err =
-            create_new_durable(&dest, &scratch, 0o600, |f| f.write_all(b"second")).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
-        assert_eq!(std::fs::read(&dest).unwrap(), b"first");
-        // Nothing is left behind under another name.
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-    }
-
-    #[test]
     fn a_staged_file_gets_its_name_only_when_published() {
         let dir = tempfile::tempdir().unwrap();
         let fs = FileSystem::of(dir.path()).unwrap();
@@ -278,6 +236,8 @@ mod tests {
         sync_filesystem(&fs).unwrap();
         publish(&scratch, &dest).unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"staged");
+        let mode = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
         assert!(!scratch.exists());
         // Publishing never replaces a file.
         stage(&scratch, 0o600, |f| f.write_all(b"second")).unwrap();
@@ -286,9 +246,11 @@ mod tests {
         assert_eq!(std::fs::read(&dest).unwrap(), b"staged");
         // A failed write leaves no scratch file.
         std::fs::remove_file(&scratch).unwrap();
-        let failed = stage(&scratch, 0o600, |_| Err(io::Error::other("no"))).unwrap_err();
-        assert_eq!(failed.to_string(), "no");
+        let failed = stage(&scratch, 0o600, |_| Err(io::Error::other("disk on fire"))).unwrap_err();
+        assert_eq!(failed.to_string(), "disk on fire");
         assert!(!scratch.exists());
+        // Nothing is left behind under another name.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]
@@ -303,18 +265,5 @@ mod tests {
         let fs = FileSystem::of(dir.path()).unwrap();
         assert!(fs.holds(dir.path()).unwrap());
         assert!(fs.holds(&dir.path().join("missing")).is_err());
-    }
-
-    #[test]
-    fn a_failed_write_leaves_no_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let dest = dir.path().join("b");
-        let scratch = dir.path().join("b.tmp");
-        let err = create_new_durable(&dest, &scratch, 0o600, |_| {
-            Err(io::Error::other("disk on fire"))
-        })
-        .unwrap_err();
-        assert_eq!(err.to_string(), "disk on fire");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

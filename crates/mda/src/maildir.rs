@@ -2,14 +2,12 @@
 //!
 //! Delivery follows the Maildir protocol (D. J. Bernstein, "Using maildir
 //! format"): the message is written under `tmp/`, is complete and on disk
-//! before it has a name in `new/`, then `new/` is fsynced. The MDA's
-//! deliveries ([`MailStore::deliver_many`], for `Deliver` and
-//! `DeliverBatch` alike) write all the files of a call, make them durable
-//! with one syncfs(2) of the file system, and only then link each into
-//! `new/`; a Maildir on another file system (a mount point, a symbolic
-//! link) has its file fsynced on its own. [`MailStore::deliver`] fsyncs
-//! its one file ([`correo_runtime::durable::create_new_durable`]).
-//! Concurrent deliveries share one fsync of `new/` (group commit). A
+//! before it has a name in `new/`, then `new/` is fsynced. Every delivery
+//! ([`MailStore::deliver_many`], for `Deliver` and `DeliverBatch` alike)
+//! writes all the files of a call, makes them durable with one syncfs(2)
+//! of the file system, and only then links each into `new/`; a Maildir on
+//! another file system (a mount point, a symbolic link) has its file
+//! fsynced on its own. Concurrent deliveries share one fsync of `new/` (group commit). A
 //! reader therefore never sees a partial message, and once a delivery
 //! returns the message survives a crash. A crash before the answer leaves
 //! files in `tmp/` (removed by the sweep at start-up once they are 36
@@ -41,27 +39,38 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::config::BatchSync;
 use correo_runtime::durable::{FileSystem, sync_filesystem};
 
-/// The file system a batch syncs, opened before the batch's first write
-/// (so that the sync sees every writeback of the batch that failed), and
-/// which Maildirs are on it.
-#[derive(Default)]
+/// How the files of one delivery call reach the disk: the file system the
+/// call syncs, opened before its first write (so that the sync sees every
+/// writeback of the call that failed), and which Maildirs are on it. With
+/// `store.batch_sync = "files"` it syncs no file system, and every file is
+/// fsynced on its own.
 struct Commit {
+    batch_sync: BatchSync,
     fs: Option<FileSystem>,
     covered: std::collections::HashMap<PathBuf, bool>,
 }
 
 impl Commit {
+    fn new(batch_sync: BatchSync) -> Commit {
+        Commit {
+            batch_sync,
+            fs: None,
+            covered: Default::default(),
+        }
+    }
+
     /// Opens the handle on the mail root's file system, before the
-    /// batch's first write.
+    /// call's first write.
     fn begin(&mut self, root: &Path) -> Result<(), MaildirError> {
-        if self.fs.is_none() {
+        if self.batch_sync == BatchSync::Filesystem && self.fs.is_none() {
             self.fs = Some(FileSystem::of(root).map_err(io_err(root))?);
         }
         Ok(())
     }
 
     /// Whether the sync of the mail root covers `maildir` (a mount point
-    /// or a symbolic link can put it on another file system).
+    /// or a symbolic link can put it on another file system); never when
+    /// files are fsynced one by one.
     fn covers(&mut self, maildir: &Path) -> Result<bool, MaildirError> {
         if let Some(&covered) = self.covered.get(maildir) {
             return Ok(covered);
@@ -228,9 +237,10 @@ impl MailStore {
         rcpt: &Address,
         message: &[u8],
     ) -> Result<Delivered, MaildirError> {
-        let delivered = self.write_unsynced(user, sender, rcpt, message)?;
-        sync_new_dir(new_dir_of(&delivered.path))?;
-        Ok(delivered)
+        let written = self.write_batch([(user, sender, rcpt, message)]);
+        sync_new_dirs(written)
+            .pop()
+            .expect("one result per message")
     }
 
     /// [`MailStore::deliver`] for several messages (user, sender, message;
@@ -239,40 +249,33 @@ impl MailStore {
     /// then each is linked into `new/` and each Maildir's `new/` is fsynced
     /// once for all of its messages. A name in `new/` still never points at
     /// octets that are not on disk; the batch pays one syncfs, one fsync of
-    /// the mail root and one of each `new/`, instead of one fsync per file. One result per item, in order; a
-    /// message counts as delivered only once its directory fsync succeeded.
-    /// With `store.batch_sync = "files"` each file is fsynced instead,
-    /// one after the other.
+    /// the mail root and one of each `new/`, instead of one fsync per file.
+    /// With `store.batch_sync = "files"` each file is fsynced instead, one
+    /// after the other. One result per item, in order; a message counts as
+    /// delivered only once its directory fsync succeeded.
     pub fn deliver_many<M: AsRef<[u8]>>(
         &self,
         items: &[(Address, String, M)],
     ) -> Vec<Result<Delivered, MaildirError>> {
-        let written = match self.batch_sync {
-            BatchSync::Filesystem => self.write_batch(items),
-            BatchSync::Files => items
-                .iter()
-                .map(|(user, sender, message)| {
-                    guard_panic(self.maildir(user), || {
-                        self.write_unsynced(user, sender, user, message.as_ref())
-                    })
-                })
-                .collect(),
-        };
-        sync_new_dirs(written)
+        let items = items
+            .iter()
+            .map(|(user, sender, message)| (user, sender.as_str(), user, message.as_ref()));
+        sync_new_dirs(self.write_batch(items))
     }
 
-    /// The files of [`MailStore::deliver_many`], durable and in `new/`
-    /// (staged, one syncfs, linked), before the fsync of `new/`.
-    fn write_batch<M: AsRef<[u8]>>(
+    /// The files of one delivery call (user, sender, `Delivered-To`,
+    /// message), durable and in `new/` (staged, synced, linked), before
+    /// the fsync of `new/`.
+    fn write_batch<'a>(
         &self,
-        items: &[(Address, String, M)],
+        items: impl IntoIterator<Item = (&'a Address, &'a str, &'a Address, &'a [u8])>,
     ) -> Vec<Result<Delivered, MaildirError>> {
-        let mut commit = Commit::default();
+        let mut commit = Commit::new(self.batch_sync);
         let mut staged: Vec<Result<Staged, MaildirError>> = items
-            .iter()
-            .map(|(user, sender, message)| {
+            .into_iter()
+            .map(|(user, sender, rcpt, message)| {
                 guard_panic(self.maildir(user), || {
-                    self.stage(&mut commit, user, sender, user, message.as_ref())
+                    self.stage(&mut commit, user, sender, rcpt, message)
                 })
             })
             .collect();
@@ -308,38 +311,6 @@ impl MailStore {
         format!("Return-Path: <{sender}>\r\nDelivered-To: {rcpt}\r\n")
     }
 
-    /// Writes the file of [`MailStore::deliver`] into `new/`, complete and
-    /// fsynced, but leaves the fsync of `new/` itself to the caller.
-    fn write_unsynced(
-        &self,
-        user: &Address,
-        sender: &str,
-        rcpt: &Address,
-        message: &[u8],
-    ) -> Result<Delivered, MaildirError> {
-        let maildir = self.ensure_maildir(user)?;
-        let prefix = Self::delivery_prefix(sender, rcpt);
-        let size = (prefix.len() + message.len()) as u64;
-        let write = |file: &mut std::fs::File| write_prefixed(file, prefix.as_bytes(), message);
-        let (new, id, delivered_at) = match self.write_new(&maildir, size, write) {
-            // The Maildir was removed since we last saw it: make it again.
-            Err(MaildirError::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                self.known.lock().remove(&maildir);
-                let maildir = self.ensure_maildir(user)?;
-                self.write_new(&maildir, size, write)?
-            }
-            other => other?,
-        };
-        let mut header = prefix.into_bytes();
-        header.extend_from_slice(header_part(message));
-        Ok(Delivered {
-            path: new,
-            summary: summarize(&header, id, size, delivered_at, false),
-        })
-    }
-
     /// A fresh unique name for a file of `size` octets, and its time.
     fn unique_name(&self, size: u64) -> (String, std::time::Duration) {
         let now = SystemTime::now()
@@ -358,32 +329,9 @@ impl MailStore {
         (id, now)
     }
 
-    /// Writes a new file into `new/` under a fresh unique name: complete
-    /// and fsynced before the name exists ([`correo_runtime::durable`]:
-    /// `tmp/`, fsync, then link, as Maildir prescribes). Returns its path,
-    /// id and delivery time.
-    fn write_new(
-        &self,
-        maildir: &Path,
-        size: u64,
-        mut write: impl FnMut(&mut std::fs::File) -> std::io::Result<()>,
-    ) -> Result<(PathBuf, String, i64), MaildirError> {
-        loop {
-            let (id, now) = self.unique_name(size);
-            let new = maildir.join("new").join(&id);
-            let tmp = maildir.join("tmp").join(&id);
-            match correo_runtime::durable::create_new_durable(&new, &tmp, 0o600, &mut write) {
-                Ok(()) => return Ok((new, id, now.as_secs() as i64)),
-                // A leftover from another process with a recycled pid: pick another name.
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(io_err(&new)(e)),
-            }
-        }
-    }
-
-    /// The first step of [`MailStore::deliver_many`] for one message: its
-    /// file, complete but not yet synced, under `tmp/`. Opens `fs` (the
-    /// file system to sync) before the batch's first write.
+    /// The first step of a delivery for one message: its file, complete
+    /// under `tmp/`, fsynced only if the call's sync does not cover it.
+    /// Opens the call's file system handle before its first write.
     fn stage(
         &self,
         commit: &mut Commit,
@@ -416,8 +364,8 @@ impl MailStore {
                 Err(e) => return Err(io_err(&scratch)(e)),
             }
         };
-        // On another file system than the one the batch syncs, the file
-        // gets its own fsync, as in `deliver`.
+        // Not covered by the call's sync (another file system, or files
+        // fsynced one by one): the file gets its own fsync.
         let covered = commit.covers(&maildir).inspect_err(|_| {
             let _ = std::fs::remove_file(&scratch);
         })?;
@@ -435,7 +383,7 @@ impl MailStore {
         })
     }
 
-    /// The last step of [`MailStore::deliver_many`] for one message: links
+    /// The last step of a delivery for one message: links
     /// its synced file into `new/` under a fresh name.
     fn publish(&self, staged: Staged) -> Result<Delivered, MaildirError> {
         // Parsed before the link, so that nothing after it can fail.
@@ -897,7 +845,7 @@ mod tests {
         std::os::unix::fs::symlink(elsewhere.path(), dir.path().join("mail/other.test")).unwrap();
         let bob = Address::parse("bob@other.test").unwrap();
         let store = MailStore::new(dir.path(), "mda.example.test");
-        let mut commit = Commit::default();
+        let mut commit = Commit::new(BatchSync::Filesystem);
         commit.begin(&store.root).unwrap();
         assert!(
             commit
